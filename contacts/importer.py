@@ -1,0 +1,1 @@
+"""CSV import (written by the import work)."""

@@ -1,0 +1,99 @@
+"""Envoi application shell: create_app wires config, extensions, blueprints and the CLI."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+
+from envoi.config import ConfigError, load_config
+
+__all__ = ["create_app"]
+
+
+def create_app(overrides: dict | None = None) -> Flask:
+    """Build the app from the environment; `overrides` (tests) win over it."""
+    try:
+        cfg = load_config()
+    except ConfigError as err:
+        # One clear line, no traceback: SystemExit prints its message and exits 1.
+        raise SystemExit(f"envoi: configuration error: {err}") from None
+    if overrides:
+        cfg.update(overrides)
+    app = Flask(__name__, instance_path=cfg["INSTANCE_PATH"], template_folder="../templates")
+    app.config.update(
+        API_TITLE="Envoi API",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=512 * 1024 * 1024,
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(cfg["SQLALCHEMY_DATABASE_URI"]),
+    )
+    app.config.update(cfg)
+    app.json.sort_keys = False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from envoi.extensions import api, db, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(_root() / "migrations"))
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        _tune_sqlite(app, db)
+
+    from envoi.errors import register_error_handlers
+
+    api.init_app(app)
+    api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    _register_blueprints(app, api)
+    register_error_handlers(app)  # after Api, so our JSON shape wins over flask-smorest's
+
+    from envoi.cli import register_cli
+
+    register_cli(app)
+
+    @app.get("/healthz")
+    def healthz():
+        from sqlalchemy import text
+
+        db.session.execute(text("SELECT 1"))
+        return jsonify({"status": "ok"})
+
+    return app
+
+
+def _root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent
+
+
+def _engine_options(url: str) -> dict:
+    if url.startswith("sqlite"):
+        # Writers queue instead of failing with "database is locked".
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+
+
+def _tune_sqlite(app: Flask, db) -> None:
+    from sqlalchemy import event
+
+    with app.app_context():
+        engine = db.engine
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+
+def _register_blueprints(app: Flask, api) -> None:
+    from contacts.api import blp as contacts_blp
+    from contacts.api import attributes_blp, purchases_blp, topics_blp
+    from contacts.imports_api import imports_blp
+
+    for blp in (contacts_blp, purchases_blp, topics_blp, attributes_blp, imports_blp):
+        api.register_blueprint(blp, url_prefix="/api/v1" + blp.url_prefix)

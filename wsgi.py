@@ -1,0 +1,3 @@
+from envoi import create_app
+
+app = create_app()
