@@ -6,7 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from contacts import services
-from contacts.schemas import (ActionInSchema, ActionSchema, AttributeSchema, ContactInSchema, ContactPageSchema,
+from contacts.schemas import (ActionInSchema, ActionSchema, AttributeSchema, ContactInSchema, ContactPageSchema, ContactPatchSchema,
                               ContactQuerySchema, ContactSchema, PageQuerySchema,
                               TimelinePageSchema, TopicPatchSchema, TopicSchema)
 from envoi.auth.api import readonly_or, require
@@ -74,7 +74,7 @@ class ContactById(MethodView):
         return services.contact_to_dict(services.get_contact(contact_id))
 
     @blp.doc(security=SECURITY)
-    @blp.arguments(ContactInSchema(partial=True))
+    @blp.arguments(ContactPatchSchema(partial=True))
     @blp.response(200, ContactSchema)
     def patch(self, data, contact_id):
         """Change the given fields only."""

@@ -14,7 +14,10 @@ def dialect() -> str:
 def json_list_contains(column, value):
     """`value` is an element of the JSON list in `column` (JSONB @> on PostgreSQL)."""
     if dialect() == "postgresql":
-        return column.contains([value])
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        # The column is a JSON/JSONB variant; coerce so the JSONB @> operator is used.
+        return sa.type_coerce(column, JSONB).contains([value])
     each = sa.func.json_each(column).table_valued("value")
     return sa.exists(sa.select(sa.literal(1)).select_from(each).where(each.c.value == value))
 

@@ -43,6 +43,10 @@ class ContactInSchema(Schema):
                             metadata={"description": "required to set a status to confirmed"})
 
 
+class ContactPatchSchema(ContactInSchema):
+    """Same fields as an upsert; every one optional."""
+
+
 class ContactSchema(Schema):
     id = fields.Integer()
     email = fields.String(allow_none=True)

@@ -524,6 +524,10 @@ def _store_purchases(cleaned: list[dict]) -> dict:
                 ids_by_ref[key] = contact.id
             cid = ids_by_ref[key]
         item["contact_id"] = cid
+    # Serialise writers per contact (in id order, so no deadlock): the aggregates recomputed
+    # below then see every purchase committed before ours.
+    db.session.execute(sa.select(Contact.id).where(Contact.id.in_(sorted({i["contact_id"] for i in cleaned})))
+                       .order_by(Contact.id).with_for_update())
     created, duplicates, out = 0, 0, []
     seen: set = set()
     for item in cleaned:

@@ -1,0 +1,112 @@
+import pytest
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contacts.validation import _fast_email_ok, clean_contact, normalise_email, normalise_phone
+from envoi.errors import ValidationError
+
+
+def clean(raw, **kw):
+    return clean_contact(raw, attribute_types=kw.pop("types", {"score": "number", "vip": "boolean",
+                                                               "since": "date", "note": "string"}),
+                         region="FR", **kw)
+
+
+local = st.from_regex(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]{1,20}(\.[a-z0-9_+-]{1,10}){0,2}", fullmatch=True)
+label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+tld = st.from_regex(r"[a-z]{2,8}", fullmatch=True)
+
+
+@settings(max_examples=400, deadline=None)
+@given(local=local, labels=st.lists(label, min_size=1, max_size=3), tld=tld)
+def test_fast_email_path_agrees_with_email_validator(local, labels, tld):
+    address = f"{local}@{'.'.join(labels)}.{tld}"
+    if not _fast_email_ok(address):
+        return
+    # Whatever the fast path accepts, the library accepts with the same normalised form.
+    result = validate_email(address, check_deliverability=False)
+    assert result.normalized.lower() == address
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=40))
+def test_fast_email_path_never_accepts_what_the_library_rejects(text):
+    candidate = text.strip().lower()
+    if _fast_email_ok(candidate):
+        validate_email(candidate, check_deliverability=False)  # must not raise
+
+
+def test_email_is_normalised_to_lower_case():
+    assert normalise_email("  Jean.Dupont@Example.COM ") == "jean.dupont@example.com"
+    assert normalise_email("élodie@exemple.fr") == "élodie@exemple.fr"
+
+
+@pytest.mark.parametrize("bad", ["nope", "a@b", "a@@b.fr", "a b@c.fr", "x@localhost", "x@site.test", ""])
+def test_bad_emails_are_refused_with_the_field(bad):
+    with pytest.raises(ValidationError) as err:
+        normalise_email(bad) if bad else clean({"email": bad})
+    assert "email" in err.value.fields
+
+
+def test_phone_is_stored_in_e164():
+    assert normalise_phone("06 12 34 56 78", "FR") == "+33612345678"
+    assert normalise_phone("0033 6 12 34 56 78", "FR") == "+33612345678"
+    assert normalise_phone("+44 20 7946 0958", "FR") == "+442079460958"
+
+
+@pytest.mark.parametrize("bad", ["12", "+33 1", "hello", "06 12 34"])
+def test_bad_phones_name_the_field(bad):
+    with pytest.raises(ValidationError) as err:
+        normalise_phone(bad, "FR")
+    assert "phone" in err.value.fields
+
+
+def test_email_or_phone_required():
+    with pytest.raises(ValidationError) as err:
+        clean({"first_name": "Ana"})
+    assert err.value.fields == {"email": "an email or a phone is required"}
+
+
+def test_every_bad_field_is_reported_at_once():
+    with pytest.raises(ValidationError) as err:
+        clean({"email": "ok@example.org", "birth_date": "2999-01-01", "country": "XX", "timezone": "Mars/Base",
+               "headcount": "-3", "lifecycle": "vip", "gender": "?", "language": "french!", "nickname": "x"})
+    assert set(err.value.fields) == {"birth_date", "country", "timezone", "headcount", "lifecycle", "gender",
+                                     "language", "nickname"}
+
+
+def test_attributes_must_be_declared_and_typed():
+    out = clean({"email": "a@example.org", "attributes": {"score": "12,5", "vip": "oui", "since": "2024-02-01"}})
+    assert out["attributes"] == {"score": 12.5, "vip": True, "since": "2024-02-01"}
+    with pytest.raises(ValidationError) as err:
+        clean({"email": "a@example.org", "attributes": {"score": "many", "shoe_size": 42}})
+    assert set(err.value.fields) == {"attributes.score", "attributes.shoe_size"}
+
+
+def test_confirmed_needs_a_consent():
+    with pytest.raises(ValidationError) as err:
+        clean({"email": "a@example.org", "email_status": "confirmed"})
+    assert "email_status" in err.value.fields
+    with pytest.raises(ValidationError) as err:
+        clean({"email": "a@example.org", "email_status": "confirmed", "consent": {"at": "yesterday"}})
+    assert {"consent.source", "consent.at"} <= set(err.value.fields)
+    out = clean({"email": "a@example.org", "email_status": "confirmed",
+                 "consent": {"source": "shop", "at": "2024-05-01T10:00:00Z", "text": "Oui"}})
+    assert out["consent"]["at"].isoformat() == "2024-05-01T10:00:00+00:00"
+
+
+def test_system_statuses_cannot_be_set():
+    with pytest.raises(ValidationError) as err:
+        clean({"email": "a@example.org", "email_status": "pending"})
+    assert "set by Envoi" in err.value.fields["email_status"]
+
+
+def test_tags_are_trimmed_lowered_and_deduplicated():
+    assert clean({"email": "a@example.org", "tags": [" VIP ", "vip", "Salon  2024"]})["tags"] == ["salon 2024", "vip"]
+
+
+def test_email_validator_rejects_what_we_reject():
+    # The library is the reference for anything outside the fast path.
+    with pytest.raises(EmailNotValidError):
+        validate_email("x@localhost", check_deliverability=False)
