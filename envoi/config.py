@@ -83,7 +83,13 @@ def _secret_key(env: dict, instance: Path) -> str:
 
 def load_config(env: dict | None = None) -> dict:
     """Build the Flask config mapping from the environment; raise ConfigError on bad values."""
-    env = dict(os.environ if env is None else env)
+    if env is None:
+        from dotenv import load_dotenv
+
+        # `.env` fills in what the real environment does not set.
+        load_dotenv(ROOT / ".env", override=False)
+        env = os.environ
+    env = dict(env)
     instance = Path(env.get("ENVOI_INSTANCE_PATH") or DEFAULT_INSTANCE)
     db_url = env.get("ENVOI_DATABASE_URL") or f"sqlite:///{instance / 'envoi.sqlite3'}"
     smtp = env.get("ENVOI_SMTP_URL") or None
