@@ -63,7 +63,7 @@ def _raw_json() -> dict:
     return body
 
 
-@blp.route("/<int:contact_id>")
+@blp.route("/<id:contact_id>")
 class ContactById(MethodView):
     decorators = [readonly_or("marketer")]
 
@@ -89,7 +89,7 @@ class ContactById(MethodView):
         return ""
 
 
-@blp.route("/<int:contact_id>/timeline")
+@blp.route("/<id:contact_id>/timeline")
 @blp.doc(security=SECURITY)
 @blp.arguments(PageQuerySchema, location="query")
 @blp.response(200, TimelinePageSchema)
@@ -100,7 +100,7 @@ def contact_timeline(args, contact_id):
     return {"items": items, "next": nxt}
 
 
-@blp.route("/<int:contact_id>/export")
+@blp.route("/<id:contact_id>/export")
 @blp.doc(security=SECURITY)
 @require("marketer")
 def contact_export(contact_id):
@@ -110,7 +110,7 @@ def contact_export(contact_id):
     return resp
 
 
-@blp.route("/<int:contact_id>/actions", methods=["POST"])
+@blp.route("/<id:contact_id>/actions", methods=["POST"])
 @blp.doc(security=SECURITY)
 @blp.arguments(ActionInSchema)
 @blp.response(201, ActionSchema)
@@ -156,7 +156,7 @@ class Topics(MethodView):
         return services.create_topic(data["slug"], data["name"], data.get("description", ""))
 
 
-@topics_blp.route("/<int:topic_id>")
+@topics_blp.route("/<id:topic_id>")
 class TopicById(MethodView):
     decorators = [readonly_or("marketer")]
 

@@ -16,6 +16,7 @@ from contacts.models import (ACTION_KINDS, ATTRIBUTE_TYPES, PERSONAL_FIELDS, Act
 from contacts.query import has_tag
 from contacts.validation import (clean_contact, clean_tags, normalise_email, normalise_phone, parse_amount,
                                  parse_datetime)
+from envoi import MAX_ID
 from envoi.extensions import db
 from envoi.types import utcnow
 
@@ -116,7 +117,7 @@ def lift_suppression(kind: str, value: str) -> None:
 # --- contacts ---------------------------------------------------------------------------------
 
 def get_contact(contact_id: int) -> Contact:
-    contact = db.session.get(Contact, contact_id)
+    contact = db.session.get(Contact, contact_id) if 0 < contact_id <= MAX_ID else None
     if contact is None or contact.erased_at is not None:
         raise NotFound(f"no contact {contact_id}")
     return contact
@@ -374,6 +375,8 @@ def list_contacts(filters: dict, cursor: str | None, limit: int) -> tuple[list[d
     conds = contact_filters(filters)
     if after is not None:
         try:
+            if not 0 <= int(after) <= MAX_ID:
+                raise ValueError
             conds.append(Contact.id > int(after))
         except ValueError:
             raise ValidationError("invalid cursor", {"cursor": "not a cursor returned by this API"}) from None
@@ -427,6 +430,8 @@ def _clean_purchase(raw, index: int, region: str) -> dict:
     clean: dict = {}
     try:
         if ref.get("id") is not None:
+            if isinstance(ref["id"], bool) or not 0 < int(ref["id"]) <= MAX_ID:
+                raise ValueError
             clean["contact_id"] = int(ref["id"])
         elif ref.get("email"):
             clean["email"] = normalise_email(ref["email"], f"{p}.contact.email")

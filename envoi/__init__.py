@@ -7,7 +7,9 @@ from flask import Flask, jsonify
 
 from envoi.config import ConfigError, load_config
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "MAX_ID"]
+
+MAX_ID = 2**63 - 1
 
 
 def create_app(overrides: dict | None = None) -> Flask:
@@ -31,6 +33,15 @@ def create_app(overrides: dict | None = None) -> Flask:
         SQLALCHEMY_ENGINE_OPTIONS=_engine_options(cfg["SQLALCHEMY_DATABASE_URI"]),
     )
     app.config.update(cfg)
+    from werkzeug.routing import IntegerConverter
+
+    class IdConverter(IntegerConverter):
+        """Row ids: positive 64-bit integers; anything larger is a 404, not an overflow."""
+
+        def __init__(self, map):
+            super().__init__(map, min=1, max=MAX_ID)
+
+    app.url_map.converters["id"] = IdConverter
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
