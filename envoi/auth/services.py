@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 
 import sqlalchemy as sa
@@ -21,9 +22,10 @@ def _hash_token(token: str) -> str:
 
 def create_user(email: str, role: str, password: str | None = None) -> tuple[User, str]:
     """Create a staff user; returns the user and the password (generated when not given)."""
-    from contacts.validation import normalise_email
-
-    email = normalise_email(email, field="email")
+    # A staff login, not a marketing address: admin@localhost is fine here.
+    email = (email or "").strip().lower()
+    if not re.fullmatch(r"[^@\s]{1,64}@[^@\s]{1,190}", email):
+        raise ValidationError("invalid email", {"email": "expected name@host"})
     if role not in ROLES:
         raise ValidationError("invalid role", {"role": f"must be one of {', '.join(ROLES)}"})
     if password is not None and len(password) < 10:
