@@ -250,13 +250,8 @@ def _set_status(contact, channel, wanted, consent, method, author_id, context, n
     setattr(contact, f"{channel}_status", wanted)
     setattr(contact, f"{channel}_status_at", now)
     if wanted in ("confirmed", "unsubscribed"):
-        db.session.add(ConsentEvent(
-            contact_id=contact.id, channel=channel, kind="granted" if wanted == "confirmed" else "withdrawn",
-            method=method, source=(consent or {}).get("source") or context.get("source") or method,
-            text=(consent or {}).get("text"), consented_at=(consent or {}).get("at") or now, recorded_at=now,
-            ip=context.get("ip"), user_agent=context.get("user_agent"), page_url=context.get("page_url"),
-            data={"author_id": author_id} if author_id else {},
-        ))
+        _consent_event(contact, channel, None, "granted" if wanted == "confirmed" else "withdrawn", consent,
+                       method, context, now, data={"author_id": author_id} if author_id else {})
     return True
 
 
@@ -273,21 +268,23 @@ def _set_topics(contact, slugs, consent, method, context, now) -> bool:
         else:
             continue
         changed = True
-        _topic_event(contact, "email", topic_id, "granted", consent, method, context, now)
+        _consent_event(contact, "email", topic_id, "granted", consent, method, context, now)
     for topic_id, link in links.items():
         if link.subscribed and topic_id not in ids.values():
             link.subscribed, link.updated_at = False, now
             changed = True
-            _topic_event(contact, "email", topic_id, "withdrawn", consent, method, context, now)
+            _consent_event(contact, "email", topic_id, "withdrawn", consent, method, context, now)
     return changed
 
 
-def _topic_event(contact, channel, topic_id, kind, consent, method, context, now):
+def _consent_event(contact, channel, topic_id, kind, consent, method, context, now, data=None):
+    """Append proof: the claimed consent (source, time, text) and where the request came from."""
+    consent = consent or {}
     db.session.add(ConsentEvent(
         contact_id=contact.id, channel=channel, topic_id=topic_id, kind=kind, method=method,
-        source=(consent or {}).get("source") or context.get("source") or method, text=(consent or {}).get("text"),
-        consented_at=(consent or {}).get("at") or now, recorded_at=now, ip=context.get("ip"),
-        user_agent=context.get("user_agent"), page_url=context.get("page_url"), data={},
+        source=consent.get("source") or context.get("source") or method, text=consent.get("text"),
+        consented_at=consent.get("at") or now, recorded_at=now, ip=context.get("ip"),
+        user_agent=context.get("user_agent"), page_url=context.get("page_url"), data=data or {},
     ))
 
 
