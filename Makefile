@@ -4,9 +4,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
+BENCH_DATABASE_URL := $(or $(ENVOI_BENCH_DATABASE_URL),postgresql+psycopg://postgres@127.0.0.1/envoi_bench)
 
 .PHONY: install run test bench clean
 
+# The venv with the pinned requirements; redone only when a requirements file changes.
 $(STAMP): requirements.txt requirements-dev.txt
 	@if [ -z "$(PYTHON)" ] || ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo "installing python3 and python3-venv with apt"; \
@@ -17,11 +19,23 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
+# Redis from the venv (unless ENVOI_REDIS_URL), migrations, first admin, then web + worker +
+# scheduler (Procfile) until Ctrl-C.
 run: $(STAMP)
-	$(BIN)/python -m envoi.run
+	@$(BIN)/python -m envoi.run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Every bench/bench_*.py in order, on PostgreSQL (started or installed when nothing answers).
+bench: $(STAMP)
+	@$(BIN)/python -m envoi.run postgres "$(BENCH_DATABASE_URL)"
+	@shopt -s nullglob; scripts=(bench/bench_*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "no bench/bench_*.py yet"; exit 0; fi; \
+	for script in "$${scripts[@]}"; do \
+	  echo "== $$script"; \
+	  ENVOI_BENCH_DATABASE_URL="$(BENCH_DATABASE_URL)" PYTHONPATH=$(CURDIR) $(BIN)/python "$$script" || exit 1; \
+	done; echo "benchmarks written to BENCHMARKS.md"
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

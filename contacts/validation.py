@@ -229,6 +229,10 @@ def clean_contact(raw: dict, *, attribute_types: dict[str, str], region: str, pa
     """
     errors: dict[str, str] = {}
     out: dict = {}
+    nul = {key: "contains a NUL character" for key, value in raw.items() if isinstance(value, str) and "\x00" in value}
+    if nul:
+        # NUL cannot be stored in PostgreSQL text (CSV imports reach here too).
+        raise ValidationError("invalid contact", nul)
     for key in raw:
         if key not in ALLOWED_KEYS:
             errors[key] = "unknown field"

@@ -44,6 +44,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.url_map.converters["id"] = IdConverter
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
     from envoi.extensions import api, db, migrate
 
@@ -58,6 +59,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     _register_blueprints(app, api)
     register_error_handlers(app)  # after Api, so our JSON shape wins over flask-smorest's
+    from envoi.errors import refuse_nul_bytes
+
+    app.before_request(refuse_nul_bytes)
 
     from envoi.cli import register_cli
 
@@ -105,6 +109,7 @@ def _register_blueprints(app: Flask, api) -> None:
     from contacts.api import blp as contacts_blp
     from contacts.api import attributes_blp, purchases_blp, topics_blp
     from contacts.imports_api import imports_blp
+    from segments.api import blp as segments_blp
 
-    for blp in (contacts_blp, purchases_blp, topics_blp, attributes_blp, imports_blp):
+    for blp in (contacts_blp, purchases_blp, topics_blp, attributes_blp, imports_blp, segments_blp):
         api.register_blueprint(blp, url_prefix="/api/v1" + blp.url_prefix)

@@ -102,3 +102,25 @@ def register_error_handlers(app: Flask) -> None:
         # Never a traceback to a user; the log keeps it.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _respond(500, "internal error; it has been logged")
+
+
+def _nul_paths(value, path: str = ""):
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield path or "_"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nul_paths(key, f"{path}.{key}" if path else str(key))
+            yield from _nul_paths(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _nul_paths(item, f"{path}[{i}]")
+
+
+def refuse_nul_bytes():
+    """NUL cannot be stored in PostgreSQL text and is never meaningful input: refuse it up front."""
+    found = [f"query.{k}" for k, v in request.args.items(multi=True) if "\x00" in k or "\x00" in v]
+    if request.is_json:
+        found += list(_nul_paths(request.get_json(silent=True)))
+    if found:
+        raise ValidationError("invalid characters", {p: "contains a NUL character" for p in found[:20]})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import dramatiq
 from dramatiq.middleware import Middleware
@@ -12,6 +13,7 @@ class AppContext(Middleware):
 
     def __init__(self):
         self._app = None
+        self._lock = threading.Lock()  # worker threads take their first messages at once
 
     @property
     def app(self):
@@ -20,9 +22,11 @@ class AppContext(Middleware):
 
             if has_app_context():
                 return current_app._get_current_object()
-            from envoi import create_app
+            with self._lock:
+                if self._app is None:
+                    from envoi import create_app
 
-            self._app = create_app()
+                    self._app = create_app()
         return self._app
 
     def before_process_message(self, broker, message):

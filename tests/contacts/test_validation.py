@@ -110,3 +110,9 @@ def test_email_validator_rejects_what_we_reject():
     # The library is the reference for anything outside the fast path.
     with pytest.raises(EmailNotValidError):
         validate_email("x@localhost", check_deliverability=False)
+
+
+def test_nul_in_a_field_is_refused_before_reaching_the_database():
+    with pytest.raises(ValidationError) as err:
+        clean({"email": "a@example.org", "city": "Ly\x00on"})
+    assert err.value.fields == {"city": "contains a NUL character"}

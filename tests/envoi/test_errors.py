@@ -46,3 +46,12 @@ def test_wrong_content_type_is_a_clean_4xx(api):
                     headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert 400 <= resp.status_code < 500
     assert "error" in resp.get_json()
+
+
+def test_nul_bytes_are_refused_naming_the_field(api):
+    resp = api.post("/api/v1/topics", json={"slug": "news", "name": "News\x00letter"})
+    assert resp.status_code == 422
+    assert resp.get_json()["fields"] == {"name": "contains a NUL character"}
+    resp = api.get("/api/v1/contacts?city=Ly%00on")
+    assert resp.status_code == 422 and "query.city" in resp.get_json()["fields"]
+    assert api.get("/api/v1/topics").get_json() == []

@@ -1,0 +1,154 @@
+"""RFM scores (recency, frequency, monetary) and the named groups segment rules can use.
+
+Customers are the contacts with at least one purchase (purchase_count > 0, not erased).
+Each score is the customer's quintile, 1 to 5, exactly NTILE(5) over the customers in
+ascending (value, id) order — id breaks ties, so the scores are the same on every backend:
+
+    recency    last_purchase_at   (5 = bought most recently)
+    frequency  purchase_count     (5 = buys most often)
+    monetary   purchase_total     (5 = spent most)
+
+Instead of scoring every customer on each query, we read the four quintile boundaries
+(the first (value, id) of buckets 2..5) from a partial index in (value, id) order, and a
+score test becomes a row-value comparison on the contact's own columns: no sort, no join.
+
+Groups (first match wins, so a customer is in exactly one; r, f, m are the scores):
+
+    champions    r >= 4, f >= 4, m >= 4   buy often, recently, and spend the most
+    loyal        r >= 3, f >= 3           regular customers
+    new          r >= 4, f == 1           first purchase was recent
+    promising    r >= 3, f <= 2           recent, not yet regular
+    cannot_lose  r == 1, f >= 4, m >= 4   were among the best, gone quiet longest
+    at_risk      r <= 2, f >= 3           used to buy regularly, not lately
+    hibernating  r == 2, f <= 2           few purchases, a while ago
+    lost         r == 1, f <= 2           few purchases, long ago
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+import sqlalchemy as sa
+
+from contacts.models import Contact
+from envoi.extensions import db
+
+DIMENSIONS = ("recency", "frequency", "monetary")
+COLUMNS = {"recency": Contact.last_purchase_at, "frequency": Contact.purchase_count,
+           "monetary": Contact.purchase_total}
+SCORES = (1, 2, 3, 4, 5)
+
+GROUPS = {
+    "champions": lambda r, f, m: r >= 4 and f >= 4 and m >= 4,
+    "loyal": lambda r, f, m: r >= 3 and f >= 3,
+    "new": lambda r, f, m: r >= 4 and f == 1,
+    "promising": lambda r, f, m: r >= 3 and f <= 2,
+    "cannot_lose": lambda r, f, m: r == 1 and f >= 4 and m >= 4,
+    "at_risk": lambda r, f, m: r <= 2 and f >= 3,
+    "hibernating": lambda r, f, m: r == 2 and f <= 2,
+    "lost": lambda r, f, m: r == 1 and f <= 2,
+}
+
+
+def group_of(r: int, f: int, m: int) -> str:
+    return next(name for name, test in GROUPS.items() if test(r, f, m))
+
+
+def customer():
+    return sa.and_(Contact.purchase_count > 0, Contact.last_purchase_at.isnot(None), Contact.erased_at.is_(None))
+
+
+def bucket_starts(m: int, n: int = 5) -> list[int]:
+    """0-based position of the first row of buckets 1..n for NTILE(n) over m rows."""
+    q, rem = divmod(m, n)
+    return [(k - 1) * q + min(k - 1, rem) for k in range(1, n + 1)]
+
+
+@dataclass
+class Boundaries:
+    """For each dimension, score -> the (value, id) where that score starts (scores 2..5)."""
+
+    starts: dict[str, dict[int, tuple]]
+
+
+def boundaries() -> Boundaries:
+    """Read the quintile boundaries now (one count, then one ordered index scan per dimension)."""
+    m = db.session.scalar(sa.select(sa.func.count()).select_from(Contact).where(customer())) or 0
+    positions = {pos + 1: score for score, pos in zip(SCORES, bucket_starts(m)) if score > 1 and pos < m}
+    out: dict[str, dict[int, tuple]] = {}
+    for dim, col in COLUMNS.items():
+        out[dim] = {}
+        if not positions:
+            continue
+        ranked = sa.select(col.label("v"), Contact.id.label("id"),
+                           sa.func.row_number().over(order_by=(col, Contact.id)).label("rn")) \
+            .where(customer()).subquery()
+        rows = db.session.execute(sa.select(ranked.c.v, ranked.c.id, ranked.c.rn)
+                                  .where(ranked.c.rn.in_(list(positions)))).all()
+        out[dim] = {positions[rn]: (v, cid) for v, cid, rn in rows}
+    return Boundaries(out)
+
+
+def _at_least(b: Boundaries, dim: str, score: int):
+    if score <= 1:
+        return sa.true()
+    edge = b.starts[dim].get(score)
+    if edge is None:
+        return sa.false()
+    col = COLUMNS[dim]
+    return sa.tuple_(col, Contact.id) >= sa.tuple_(sa.literal(edge[0], col.type), sa.literal(edge[1], Contact.id.type))
+
+
+def _at_most(b: Boundaries, dim: str, score: int):
+    if score >= 5:
+        return sa.true()
+    edge = b.starts[dim].get(score + 1)
+    if edge is None:
+        return sa.true()
+    col = COLUMNS[dim]
+    return sa.tuple_(col, Contact.id) < sa.tuple_(sa.literal(edge[0], col.type), sa.literal(edge[1], Contact.id.type))
+
+
+def _runs(values) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for v in sorted(values):
+        if out and out[-1][1] == v - 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return [tuple(r) for r in out]
+
+
+def _in_scores(b: Boundaries, dim: str, scores) -> sa.ColumnElement:
+    if set(scores) >= set(SCORES):
+        return sa.true()
+    return sa.or_(sa.false(), *(sa.and_(_at_least(b, dim, lo), _at_most(b, dim, hi)) for lo, hi in _runs(scores)))
+
+
+def _triples_sql(b: Boundaries, triples: set, dims=DIMENSIONS) -> sa.ColumnElement:
+    """SQL for "the (r, f, m) scores are one of these", grouped so the expression stays small."""
+    if not triples:
+        return sa.false()
+    if len(dims) == 1:
+        return _in_scores(b, dims[0], {t[0] for t in triples})
+    by_rest: dict[frozenset, set[int]] = {}
+    for score in SCORES:
+        rest = frozenset(t[1:] for t in triples if t[0] == score)
+        if rest:
+            by_rest.setdefault(rest, set()).add(score)
+    return sa.or_(sa.false(), *(sa.and_(_in_scores(b, dims[0], scores), _triples_sql(b, set(rest), dims[1:]))
+                                for rest, scores in by_rest.items()))
+
+
+def condition(b: Boundaries, rule: dict) -> sa.ColumnElement:
+    """The contact is a customer whose scores satisfy the rule's group and score tests."""
+    from segments.rules import _holds
+
+    triples = set(product(SCORES, SCORES, SCORES))
+    if rule.get("group"):
+        triples = {t for t in triples if group_of(*t) in rule["group"]}
+    for i, dim in enumerate(DIMENSIONS):
+        test = rule.get(dim)
+        if test:
+            triples = {t for t in triples if _holds(t[i], test["op"], test["value"])}
+    return sa.and_(customer(), _triples_sql(b, triples))

@@ -1,0 +1,237 @@
+"""CSV import through the CLI and the service, on the real database (SQLite or PostgreSQL)."""
+import csv
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from contacts import services
+from contacts.importer import import_csv
+from contacts.models import ConsentEvent, Contact, ContactTopic
+from envoi.extensions import db
+from envoi.types import utcnow
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def cli(app, *args):
+    return app.test_cli_runner().invoke(args=["contacts", *args], catch_exceptions=False)
+
+
+def contacts():
+    return {c.email or c.phone: c for c in db.session.scalars(sa.select(Contact))}
+
+
+def events():
+    return db.session.scalars(sa.select(ConsentEvent).order_by(ConsentEvent.id)).all()
+
+
+def rejects(path, delimiter=","):
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter=delimiter))
+
+
+BASIC = """email,phone,first_name,last_name,city,tags,lifecycle
+Anne.Martin@Example.fr,06 12 34 56 78,Anne,Martin,Lyon,vip|Newsletter,customer
+bob@example.com,,Bob,Durand,Paris,,
+not-an-email,12,Bad,Row,Nice,,
+,,Nobody,Here,Nice,,
+carl@example.com,,Carl,,Lyon,,alien
+"""
+
+
+def test_cli_import_counts_rejects_and_idempotent_reimport(app, ctx, tmp_path):
+    path = write(tmp_path / "people.csv", BASIC)
+    res = cli(app, "import", path)
+    assert res.exit_code == 0, res.output
+    assert "5 rows: 2 created, 0 updated, 0 unchanged, 3 rejected" in res.output
+    assert str(tmp_path / "people.rejects.csv") in res.output
+    rows = rejects(tmp_path / "people.rejects.csv")
+    assert [r["first_name"] for r in rows] == ["Bad", "Nobody", "Carl"]
+    assert rows[0]["reason"].startswith("email: ") and "; phone: " in rows[0]["reason"]
+    assert rows[1]["reason"] == "email: an email or a phone is required"
+    assert rows[2]["reason"].startswith("lifecycle: one of")
+    found = contacts()
+    anne = found["anne.martin@example.fr"]
+    assert (anne.phone, anne.first_name, anne.city, anne.tags, anne.lifecycle) == \
+        ("+33612345678", "Anne", "Lyon", ["newsletter", "vip"], "customer")
+    assert anne.email_status == "none" and found["bob@example.com"].lifecycle == "prospect"
+    stamp = anne.updated_at
+    db.session.rollback()
+
+    res = cli(app, "import", path)
+    assert "5 rows: 0 created, 0 updated, 2 unchanged, 3 rejected" in res.output
+    db.session.expire_all()
+    assert contacts()["anne.martin@example.fr"].updated_at == stamp
+    assert events() == []
+
+
+def test_update_keeps_what_the_file_leaves_empty_and_later_row_wins(app, ctx, tmp_path):
+    services.upsert_contact({"email": "anne@example.fr", "first_name": "Anne", "city": "Lyon", "tags": ["old"]})
+    path = write(tmp_path / "u.csv", "email,phone,city,tags\n"
+                 "anne@example.fr,,Paris,\n"
+                 "ANNE@example.fr,0612345678,Marseille,new\n"
+                 "zoe@example.fr,,Nice,\n"
+                 "zoe@example.fr,,Nice,\n")
+    result = import_csv(path)
+    assert (result.rows, result.created, result.updated, result.unchanged, result.rejected) == (4, 1, 2, 1, 0)
+    anne = contacts()["anne@example.fr"]
+    assert (anne.first_name, anne.city, anne.phone, anne.tags) == ("Anne", "Marseille", "+33612345678", ["new"])
+
+
+def test_row_matching_two_contacts_is_rejected(app, ctx, tmp_path):
+    services.upsert_contact({"email": "a@example.fr"})
+    other, _ = services.upsert_contact({"email": "b@example.fr", "phone": "0611111111"})
+    path = write(tmp_path / "x.csv", "email,phone\na@example.fr,06 11 11 11 11\n")
+    result = import_csv(path)
+    assert result.rejected == 1
+    assert rejects(result.rejects_path)[0]["reason"].startswith(f"phone: already the phone of contact {other.id}")
+
+
+def test_confirmed_needs_consent_and_records_events_like_the_api(app, ctx, tmp_path):
+    path = write(tmp_path / "c.csv", "email,email_status,consent_source,consent_at,consent_text\n"
+                 "ok@example.fr,confirmed,shop Lyon,2024-03-01T10:00:00Z,J'accepte\n"
+                 "no@example.fr,confirmed,,,\n"
+                 "half@example.fr,confirmed,,2024-03-01,\n"
+                 "plain@example.fr,,,,\n")
+    result = import_csv(path)
+    assert (result.created, result.rejected) == (2, 2)
+    reasons = [r["reason"] for r in rejects(result.rejects_path)]
+    assert reasons[0].startswith("email_status: setting confirmed needs a consent")
+    assert reasons[1].startswith("consent_source: required")
+    found = contacts()
+    assert found["ok@example.fr"].email_status == "confirmed"
+    assert found["plain@example.fr"].email_status == "none"
+    (event,) = events()
+    assert (event.contact_id, event.kind, event.channel, event.method, event.source, event.text) == \
+        (found["ok@example.fr"].id, "granted", "email", "import", "shop Lyon", "J'accepte")
+    assert event.consented_at.isoformat() == "2024-03-01T10:00:00+00:00"
+    assert import_csv(path).unchanged == 2 and len(events()) == 1
+
+
+def test_suppressed_addresses_are_rejected(app, ctx, tmp_path):
+    gone, _ = services.upsert_contact({"email": "gone@example.fr", "phone": "0622222222"})
+    services.erase_contact(gone.id)
+    path = write(tmp_path / "s.csv", "email,phone\ngone@example.fr,\n,06 22 22 22 22\nnew@example.fr,\n")
+    result = import_csv(path)
+    assert (result.created, result.rejected) == (1, 2)
+    reasons = [r["reason"] for r in rejects(result.rejects_path)]
+    assert reasons[0].startswith("email: erased") and reasons[1].startswith("phone: erased")
+
+
+def test_unsubscribed_is_not_reconfirmed_by_an_older_consent(app, ctx, tmp_path):
+    contact, _ = services.upsert_contact({"email": "u@example.fr", "email_status": "unsubscribed", "city": "Lyon"})
+    old = (utcnow() - timedelta(days=30)).isoformat()
+    path = write(tmp_path / "o.csv", "email,city,email_status,consent_source,consent_at\n"
+                 f"u@example.fr,Paris,confirmed,old list,{old}\n")
+    result = import_csv(path)
+    assert (result.updated, result.stale_consents) == (1, 1)
+    db.session.expire_all()
+    contact = db.session.get(Contact, contact.id)
+    assert (contact.email_status, contact.city) == ("unsubscribed", "Paris")
+    assert [e.kind for e in events()] == ["withdrawn"]
+
+    fresh = (utcnow() + timedelta(seconds=1)).isoformat()
+    write(tmp_path / "o.csv", f"email,email_status,consent_source,consent_at\nu@example.fr,confirmed,new form,{fresh}\n")
+    assert import_csv(str(tmp_path / "o.csv")).updated == 1
+    db.session.expire_all()
+    assert db.session.get(Contact, contact.id).email_status == "confirmed"
+
+
+def test_topic_option_subscribes_every_row_once(app, ctx, tmp_path):
+    topic = services.create_topic("news", "News")
+    services.create_topic("offers", "Offers")
+    services.upsert_contact({"email": "old@example.fr"})
+    path = write(tmp_path / "t.csv", "email,topics\nold@example.fr,\nnew@example.fr,offers\nbad@example.fr,nope\n")
+    res = cli(app, "import", path, "--topic", "news")
+    assert "3 rows: 1 created, 1 updated, 0 unchanged, 1 rejected" in res.output, res.output
+    assert rejects(tmp_path / "t.rejects.csv")[0]["reason"] == "topics: unknown topic(s): nope"
+    links = db.session.execute(sa.select(ContactTopic.contact_id, ContactTopic.topic_id)).all()
+    assert len(links) == 3
+    assert sum(e.topic_id == topic.id for e in events()) == 2
+    assert all(e.method == "import" and e.kind == "granted" for e in events())
+    res = cli(app, "import", path, "--topic", "news")
+    assert "0 created, 0 updated, 2 unchanged" in res.output
+
+
+def test_withdrawn_topic_is_not_resubscribed_without_a_newer_consent(app, ctx, tmp_path):
+    topic = services.create_topic("news", "News")
+    contact, _ = services.upsert_contact({"email": "w@example.fr", "topics": ["news"]})
+    services.upsert_contact({"email": "w@example.fr", "topics": []})
+    result = import_csv(write(tmp_path / "w.csv", "email\nw@example.fr\n"), topic="news")
+    assert result.unchanged == 1
+    link = db.session.scalar(sa.select(ContactTopic).where(ContactTopic.contact_id == contact.id))
+    assert link.topic_id == topic.id and link.subscribed is False
+
+
+def test_unknown_topic_fails_before_reading(app, ctx, tmp_path):
+    path = write(tmp_path / "t.csv", "email\na@example.fr\n")
+    res = app.test_cli_runner().invoke(args=["contacts", "import", path, "--topic", "nope"])
+    assert res.exit_code == 1 and "topic: no topic 'nope'" in res.output
+    assert contacts() == {}
+
+
+def test_column_mapping_semicolons_and_declared_attributes(app, ctx, tmp_path):
+    services.define_attribute("score", "number")
+    services.define_attribute("vip", "boolean")
+    services.define_attribute("since", "date")
+    path = write(tmp_path / "m.csv", "E-mail;Prénom;attributes.score;attributes.vip;attributes.since\n"
+                 "a@example.fr;Amélie;12,5;oui;2020-01-02\n"
+                 "b@example.fr;Bruno;lots;non;\n")
+    res = cli(app, "import", path, "--map", "E-mail=email", "--map", "Prénom=first_name")
+    assert "2 rows: 1 created, 0 updated, 0 unchanged, 1 rejected" in res.output, res.output
+    a = contacts()["a@example.fr"]
+    assert (a.first_name, a.attributes) == ("Amélie", {"score": 12.5, "vip": True, "since": "2020-01-02"})
+    (row,) = rejects(tmp_path / "m.rejects.csv", ";")
+    assert row["E-mail"] == "b@example.fr" and row["reason"] == "attributes.score: must be a number"
+
+
+def test_bad_files_are_clear_errors(app, ctx, tmp_path):
+    runner = app.test_cli_runner()
+    cases = {
+        "unknown.csv": ("email,shoe_size\na@example.fr,42\n", "unknown column(s) 'shoe_size'"),
+        "nokey.csv": ("first_name\nAnne\n", "needs an email or a phone column"),
+        "empty.csv": ("", "empty"),
+        "attr.csv": ("email,attributes.nope\na@example.fr,1\n", "unknown column(s) 'attributes.nope'"),
+    }
+    for name, (text, message) in cases.items():
+        res = runner.invoke(args=["contacts", "import", write(tmp_path / name, text)])
+        assert res.exit_code == 1 and message in res.output, (name, res.output)
+    (tmp_path / "latin1.csv").write_bytes("email,city\na@example.fr,Orléans\n".encode("latin-1"))
+    res = runner.invoke(args=["contacts", "import", str(tmp_path / "latin1.csv")])
+    assert res.exit_code == 1 and "file: not UTF-8" in res.output
+    res = runner.invoke(args=["contacts", "import", write(tmp_path / "m.csv", "email\n"), "--map", "oops"])
+    assert res.exit_code == 1 and "map:" in res.output
+    assert contacts() == {}
+
+
+def test_validation_pool_gives_the_same_result(app, ctx, tmp_path):
+    lines = ["email,phone,city"] + [f"p{i}@example.fr,06{i:08d},Lyon" for i in range(300)] + ["bad,,Lyon"]
+    path = write(tmp_path / "pool.csv", "\n".join(lines) + "\n")
+    result = import_csv(path, workers=2, chunk_rows=50)
+    assert (result.rows, result.created, result.rejected) == (301, 300, 1)
+    assert import_csv(path, workers=0, chunk_rows=70).unchanged == 300
+
+
+def test_chunk_conflicting_with_a_concurrent_insert_is_retried(app, ctx, tmp_path, monkeypatch):
+    from contacts import importer
+
+    path = write(tmp_path / "r.csv", "email,city\nrace@example.fr,Lyon\nother@example.fr,Nice\n")
+    real = importer._ChunkWriter._lookup
+    calls = []
+
+    def lookup_then_someone_inserts(self, emails, phones):
+        found = real(self, emails, phones)
+        if not calls:
+            calls.append(1)
+            with db.engine.begin() as conn:  # another writer, its own transaction
+                conn.execute(sa.insert(Contact.__table__).values(email="race@example.fr", tags=[], attributes={},
+                                                                 created_at=utcnow(), updated_at=utcnow()))
+        return found
+
+    monkeypatch.setattr(importer._ChunkWriter, "_lookup", lookup_then_someone_inserts)
+    result = import_csv(path)
+    assert (result.created, result.updated, result.rejected) == (1, 1, 0)
+    assert contacts()["race@example.fr"].city == "Lyon"
