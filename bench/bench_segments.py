@@ -106,18 +106,31 @@ def reset_and_migrate(url: str) -> None:
 
 
 def fill(url: str, contacts: int, purchases: int) -> dict[str, float]:
+    """Bulk load: secondary indexes are dropped during the load and rebuilt after (the same
+    definitions the migrations made), and FK triggers are skipped (the generated ids are valid)."""
     timings = {}
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(sa.text("SET maintenance_work_mem = '512MB'"))
-        for name, sql, params in (("contacts", CONTACTS_SQL, {"n": contacts}),
-                                  ("purchases", PURCHASES_SQL, {"n": purchases, "contacts": contacts}),
-                                  ("aggregates", AGGREGATES_SQL, {}),
-                                  ("vacuum analyze", "VACUUM ANALYZE", {})):
+        conn.execute(sa.text("SET session_replication_role = replica"))
+        indexes = conn.execute(sa.text(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.tablename IN ('contacts', 'purchases') "
+            "AND i.schemaname = 'public' AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)"
+        )).all()
+        for name, _ in indexes:
+            conn.execute(sa.text(f'DROP INDEX "{name}"'))
+        steps = (("contacts", CONTACTS_SQL, {"n": contacts}),
+                 ("purchases", PURCHASES_SQL, {"n": purchases, "contacts": contacts}),
+                 ("aggregates", AGGREGATES_SQL, {}),
+                 ("indexes", ";".join(d for _, d in indexes), {}),
+                 ("vacuum analyze", "VACUUM ANALYZE", {}))
+        for name, sql, params in steps:
             start = time.perf_counter()
-            conn.execute(sa.text(sql), params)
+            for statement in filter(None, sql.split(";")) if name == "indexes" else [sql]:
+                conn.execute(sa.text(statement), params)
             timings[name] = time.perf_counter() - start
             log(f"{name}: {timings[name]:.1f} s")
+        conn.execute(sa.text("SET session_replication_role = DEFAULT"))
     engine.dispose()
     return timings
 
@@ -175,7 +188,11 @@ def main(argv=None) -> None:
             session.rollback()
             results[name] = (values, count)
             log(f"{name}: count={count} median={median(values):.1f} ms p95={percentile(values, 0.95):.1f} ms")
-        rfm_values, _ = timed(rfm.boundaries, args.runs)
+        def champion_edges():
+            edges = rfm.boundaries()
+            return [edges.edge(dim, 4) for dim in rfm.DIMENSIONS]
+
+        rfm_values, _ = timed(champion_edges, args.runs)
         session.rollback()
         hand_values, hand_count = timed(lambda: session.scalar(sa.text(HAND_WRITTEN)), args.runs)
         session.rollback()
@@ -220,13 +237,13 @@ def render(args, n_contacts, n_purchases, n_customers, fill_times, results, rfm_
         f"< 100 ms: {'met' if median(field_v) < 100 else 'MISSED'} |",
         f"| mixed: `email_status eq confirmed` + purchase within 365 days + RFM champions | {mixed_n:,} | "
         f"{stats(mixed_v)} | < 1 s: {'met' if median(mixed_v) < 1000 else 'MISSED'} |",
-        f"| of which RFM quintile boundaries (`rfm.boundaries()`) | | {stats(rfm_values)} | |",
+        f"| of which RFM: customer count + the 3 score-4 boundaries champions needs | | {stats(rfm_values)} | |",
         f"| baseline: hand-written SQL COUNT of the mixed rule (NTILE windows) | {hand_count:,} | {stats(hand_values)} | |",
         "",
         f"Ratio ours / hand-written (medians, mixed rule): **{ratio:.2f}**. Both counts agree.",
         "",
         "The hand-written query scores every customer with three NTILE windows (three sorts). The compiler",
-        "reads the four quintile boundaries per dimension from partial indexes in (value, id) order",
+        "reads only the quintile boundaries the rule needs from partial indexes in (value, id) order",
         "(`ix_contacts_rfm_*`, migration 0002), then tests the contact's own columns with row-value",
         "comparisons; the purchase condition is an EXISTS (semi-join) on ix_purchases_contact_id_occurred_at.",
         "",

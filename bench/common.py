@@ -60,6 +60,8 @@ def machine_lines(command: list[str] | None = None) -> list[str]:
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {cpu_model()}, {os.cpu_count()} cores, {ram_gb():.1f} GiB RAM, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        f"- load average at start: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
+        f"(the machine is shared; other jobs running at the same time slow every figure)",
         f"- command: `{' '.join(shlex.quote(c) for c in command)}`",
         f"- commit: {git_commit()}",
     ]

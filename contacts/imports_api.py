@@ -1,4 +1,84 @@
 """CSV import over HTTP: upload, then a worker runs it; poll the job for its summary."""
+from __future__ import annotations
+
+import os
+import uuid
+
+from flask import current_app, g, request, send_file
 from flask_smorest import Blueprint
 
+from contacts import importer
+from contacts.models import ImportJob, Topic
+from contacts.schemas import ImportJobSchema
+from envoi.auth.api import require
+from envoi.errors import NotFound, ValidationError
+from envoi.extensions import db
+
 imports_blp = Blueprint("imports", __name__, url_prefix="/imports", description="CSV imports run by a worker")
+
+SECURITY = [{"bearer": []}]
+
+
+def _job_dict(job: ImportJob) -> dict:
+    iso = lambda v: v.isoformat() if v else None  # noqa: E731
+    return {"id": job.id, "filename": job.filename, "status": job.status, "rows": job.rows, "created": job.created,
+            "updated": job.updated, "unchanged": job.unchanged, "rejected": job.rejected, "error": job.error,
+            "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at)}
+
+
+def _get_job(job_id: int) -> ImportJob:
+    job = db.session.get(ImportJob, job_id)
+    if job is None:
+        raise NotFound(f"no import {job_id}")
+    return job
+
+
+@imports_blp.route("", methods=["POST"])
+@imports_blp.doc(security=SECURITY, requestBody={"content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "UTF-8 CSV, contact keys as columns"},
+                   "topic": {"type": "string", "description": "subscribe every row to this topic (slug)"}}}}}})
+@imports_blp.response(202, ImportJobSchema)
+@require("marketer")
+def upload():
+    """Upload a CSV file; a worker imports it. Poll GET /imports/{id} for the counts."""
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise ValidationError("no file", {"file": "required: a CSV file sent as multipart field 'file'"})
+    topic = (request.form.get("topic") or "").strip() or None
+    if topic and db.session.scalar(db.select(Topic.id).where(Topic.slug == topic)) is None:
+        raise ValidationError("unknown topic", {"topic": f"no topic {topic!r}"})
+    folder = current_app.config["IMPORT_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{uuid.uuid4().hex}.csv")
+    upload.save(path)
+    try:
+        importer.read_layout(path)  # a bad file is a 422 now, not a failed job later
+    except ValidationError:
+        os.remove(path)
+        raise
+    job = importer.create_job(os.path.basename(upload.filename), path, topic=topic, author_id=g.user.id)
+    return _job_dict(job), 202
+
+
+@imports_blp.route("/<id:job_id>")
+@imports_blp.doc(security=SECURITY)
+@imports_blp.response(200, ImportJobSchema)
+@require("marketer")
+def get_job(job_id):
+    """An import's status and counts."""
+    return _job_dict(_get_job(job_id))
+
+
+@imports_blp.route("/<id:job_id>/rejects")
+@imports_blp.doc(security=SECURITY)
+@require("marketer")
+def get_rejects(job_id):
+    """The rejected rows as CSV (the original columns and a `reason` column)."""
+    job = _get_job(job_id)
+    if job.status != "done":
+        raise NotFound(f"import {job_id} is {job.status}; rejects are ready when it is done")
+    if not job.rejects_path or not os.path.exists(job.rejects_path):
+        raise NotFound(f"import {job_id} rejected no row", {"rejected": "0"})
+    return send_file(job.rejects_path, mimetype="text/csv", as_attachment=True,
+                     download_name=f"import-{job_id}-rejects.csv")

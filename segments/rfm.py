@@ -8,9 +8,9 @@ ascending (value, id) order — id breaks ties, so the scores are the same on ev
     frequency  purchase_count     (5 = buys most often)
     monetary   purchase_total     (5 = spent most)
 
-Instead of scoring every customer on each query, we read the four quintile boundaries
-(the first (value, id) of buckets 2..5) from a partial index in (value, id) order, and a
-score test becomes a row-value comparison on the contact's own columns: no sort, no join.
+Instead of scoring every customer on each query, we read the quintile boundaries a rule
+needs (the first (value, id) of buckets 2..5) from a partial index in (value, id) order,
+and a score test becomes a row-value comparison on the contact's own columns: no sort, no join.
 
 Groups (first match wins, so a customer is in exactly one; r, f, m are the scores):
 
@@ -25,7 +25,6 @@ Groups (first match wins, so a customer is in exactly one; r, f, m are the score
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import product
 
 import sqlalchemy as sa
@@ -64,35 +63,47 @@ def bucket_starts(m: int, n: int = 5) -> list[int]:
     return [(k - 1) * q + min(k - 1, rem) for k in range(1, n + 1)]
 
 
-@dataclass
 class Boundaries:
-    """For each dimension, score -> the (value, id) where that score starts (scores 2..5)."""
+    """Where each score starts: the (value, id) of the first customer of buckets 2..5.
 
-    starts: dict[str, dict[int, tuple]]
+    Read lazily, one boundary at a time, so a rule pays only for the ones it tests (champions:
+    one per dimension). Each is an index-only scan to that position from the nearer end of
+    the partial index; the customer count is read once.
+    """
+
+    def __init__(self):
+        self.m = db.session.scalar(sa.select(sa.func.count()).select_from(Contact).where(customer())) or 0
+        self.positions = bucket_starts(self.m)
+        self._edges: dict[tuple[str, int], tuple | None] = {}
+
+    def edge(self, dim: str, score: int) -> tuple | None:
+        if (dim, score) not in self._edges:
+            self._edges[dim, score] = self._read(dim, score)
+        return self._edges[dim, score]
+
+    def _read(self, dim: str, score: int) -> tuple | None:
+        pos = self.positions[score - 1]
+        if pos >= self.m:
+            return None
+        col = COLUMNS[dim]
+        query = sa.select(col, Contact.id).where(customer()).limit(1)
+        if pos <= self.m // 2:
+            query = query.order_by(col, Contact.id).offset(pos)
+        else:
+            query = query.order_by(col.desc(), Contact.id.desc()).offset(self.m - 1 - pos)
+        row = db.session.execute(query).first()
+        return tuple(row) if row else None
 
 
 def boundaries() -> Boundaries:
-    """Read the quintile boundaries now (one count, then one ordered index scan per dimension)."""
-    m = db.session.scalar(sa.select(sa.func.count()).select_from(Contact).where(customer())) or 0
-    positions = {pos + 1: score for score, pos in zip(SCORES, bucket_starts(m)) if score > 1 and pos < m}
-    out: dict[str, dict[int, tuple]] = {}
-    for dim, col in COLUMNS.items():
-        out[dim] = {}
-        if not positions:
-            continue
-        ranked = sa.select(col.label("v"), Contact.id.label("id"),
-                           sa.func.row_number().over(order_by=(col, Contact.id)).label("rn")) \
-            .where(customer()).subquery()
-        rows = db.session.execute(sa.select(ranked.c.v, ranked.c.id, ranked.c.rn)
-                                  .where(ranked.c.rn.in_(list(positions)))).all()
-        out[dim] = {positions[rn]: (v, cid) for v, cid, rn in rows}
-    return Boundaries(out)
+    """The quintile boundaries as of now (read on first use)."""
+    return Boundaries()
 
 
 def _at_least(b: Boundaries, dim: str, score: int):
     if score <= 1:
         return sa.true()
-    edge = b.starts[dim].get(score)
+    edge = b.edge(dim, score)
     if edge is None:
         return sa.false()
     col = COLUMNS[dim]
@@ -102,7 +113,7 @@ def _at_least(b: Boundaries, dim: str, score: int):
 def _at_most(b: Boundaries, dim: str, score: int):
     if score >= 5:
         return sa.true()
-    edge = b.starts[dim].get(score + 1)
+    edge = b.edge(dim, score + 1)
     if edge is None:
         return sa.true()
     col = COLUMNS[dim]

@@ -116,3 +116,39 @@ def test_nul_in_a_field_is_refused_before_reaching_the_database():
     with pytest.raises(ValidationError) as err:
         clean({"email": "a@example.org", "city": "Ly\x00on"})
     assert err.value.fields == {"city": "contains a NUL character"}
+
+
+def _slow_phone(text, region):
+    import phonenumbers
+
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(region=st.sampled_from(["FR", "BE", "CH", "DE", "GB", "NL", "ES", "US"]),
+       prefix=st.sampled_from(["0", "+33", "+32", "+41", "+49", "+44", "+31", "+330", "00", ""]),
+       body=st.from_regex(r"[0-9]{1,12}", fullmatch=True),
+       seps=st.sampled_from(["", " ", ".", "-"]))
+def test_fast_phone_path_agrees_with_phonenumbers(region, prefix, body, seps):
+    from contacts.validation import _fast_phone
+
+    text = prefix + seps.join(body[i:i + 2] for i in range(0, len(body), 2))
+    fast = _fast_phone(text, region)
+    if fast is not None:
+        # Whatever the fast path answers, the full library answers the same.
+        assert fast == _slow_phone(text, region)
+
+
+def test_fast_phone_path_takes_the_usual_french_shapes():
+    from contacts.validation import _fast_phone
+
+    assert _fast_phone("06 12 34 56 78", "FR") == "+33612345678"
+    assert _fast_phone("+33 6.12.34.56.78", "FR") == "+33612345678"
+    assert _fast_phone("+33 (0)6 12 34 56 78", "FR") is None  # full path
+    assert _fast_phone("06 12 34", "FR") is None
