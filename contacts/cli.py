@@ -94,8 +94,9 @@ def import_cmd(file, topic, maps, rejects_path, delimiter, workers):
 @click.option("--topic")
 @click.option("--email-status", "email_status")
 @click.option("--lifecycle", type=click.Choice(["prospect", "customer", "former"]))
+@click.option("--segment", type=int, default=None, help="Only the members of this saved segment (id).")
 @click.option("--delimiter", type=click.Choice([",", ";"]), default=",", show_default=True)
-def export_cmd(file, city, tag, topic, email_status, lifecycle, delimiter):
+def export_cmd(file, city, tag, topic, email_status, lifecycle, segment, delimiter):
     """Export contacts (not erased) to a CSV file in the import's columns; '-' writes to stdout."""
     import sys
 
@@ -103,8 +104,12 @@ def export_cmd(file, city, tag, topic, email_status, lifecycle, delimiter):
     from envoi.cli import fail
     from envoi.errors import EnvoiError
 
-    filters = {"city": city, "tag": tag, "topic": topic, "email_status": email_status, "lifecycle": lifecycle}
+    filters = {"city": city, "tag": tag, "topic": topic, "email_status": email_status, "lifecycle": lifecycle,
+               "segment": segment}
     try:
+        from contacts.services import contact_filters
+
+        contact_filters(filters)  # refuse a bad filter before truncating the output file
         if file == "-":
             count = export_csv(sys.stdout, filters, delimiter=delimiter)
         else:

@@ -7,6 +7,7 @@ columns of its latest consent event so the import accepts it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 import sqlalchemy as sa
@@ -27,15 +28,36 @@ def export_csv(out, filters: dict | None = None, *, delimiter: str = ",", page: 
 
     Returns the number of contacts written.
     """
+    total = 0
+    for text, count in csv_pages(filters, delimiter=delimiter, page=page):
+        out.write(text)
+        total += count
+    return total
+
+
+def csv_pages(filters: dict | None = None, *, delimiter: str = ",", page: int = PAGE):
+    """Yield (CSV text, contacts in it): the header, then one chunk per keyset page.
+
+    The filters are checked before the first yield, so a caller can answer 4xx before streaming.
+    """
     conds = contact_filters(filters or {})
     attrs = db.session.scalars(sa.select(AttributeDefinition.key).order_by(AttributeDefinition.key)).all()
     topics = dict(db.session.execute(sa.select(Topic.id, Topic.slug)).all())
-    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
+
+    def drain() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
     writer.writerow([*COLUMNS, *(f"attributes.{k}" for k in attrs)])
+    yield drain(), 0
     t = Contact.__table__
     cols = [t.c.id, t.c.email, t.c.phone, *(t.c[f] for f in PERSONAL_FIELDS), t.c.tags, t.c.attributes,
             t.c.email_status, t.c.sms_status]
-    last, total = 0, 0
+    last = 0
     while True:
         rows = db.session.execute(sa.select(*cols).where(*conds, t.c.id > last).order_by(t.c.id).limit(page)).mappings().all()
         if not rows:
@@ -53,10 +75,9 @@ def export_csv(out, filters: dict | None = None, *, delimiter: str = ",", page: 
             values = r["attributes"] or {}
             cells += [_attr(values.get(k)) for k in attrs]
             writer.writerow(cells)
-        total += len(rows)
         last = ids[-1]
         db.session.rollback()  # end the page's snapshot; nothing is held between pages
-    return total
+        yield drain(), len(rows)
 
 
 def _cell(value) -> str:

@@ -108,6 +108,7 @@ class ContactQuerySchema(PageQuerySchema):
     tag = fields.String()
     topic = fields.String()
     q = fields.String(metadata={"description": "prefix of the email or the last name"})
+    segment = fields.Integer(metadata={"description": "id of a saved segment: its members now"})
     updated_since = fields.String(metadata={"description": "ISO time"})
 
 

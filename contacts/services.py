@@ -363,7 +363,25 @@ def contact_filters(filters: dict) -> list:
         conds.append(sa.or_(Contact.email.startswith(q), sa.func.lower(Contact.last_name).startswith(q)))
     if filters.get("updated_since"):
         conds.append(Contact.updated_at >= parse_datetime(filters["updated_since"], "updated_since"))
+    if filters.get("segment") is not None:
+        conds.append(_segment_condition(filters["segment"]))
     return conds
+
+
+def _segment_condition(segment_id):
+    """Members of a saved segment, evaluated now (segments are live, never cached)."""
+    from segments.models import Segment
+    from segments.services import segment_query
+
+    try:
+        ident = int(segment_id)
+    except (TypeError, ValueError):
+        ident = 0
+    segment = db.session.get(Segment, ident) if 0 < ident <= MAX_ID else None
+    if segment is None:
+        raise ValidationError("unknown segment", {"segment": f"no segment {segment_id}"})
+    # Filtering by the member predicate itself keeps the keyset page an index walk.
+    return Contact.id.in_(segment_query(segment.rules))
 
 
 def list_contacts(filters: dict, cursor: str | None, limit: int) -> tuple[list[dict], str | None]:
@@ -659,6 +677,9 @@ def erase_contact(contact_id: int, *, method: str = "api", author_id: int | None
     contact.erased_at = contact.updated_at = now
     db.session.execute(sa.delete(ContactTopic).where(ContactTopic.contact_id == contact.id))
     db.session.execute(sa.update(Action).where(Action.contact_id == contact.id).values(data={}))
+    from segments.models import MessageEvent
+
+    db.session.execute(sa.update(MessageEvent).where(MessageEvent.contact_id == contact.id).values(data={}))
     # The one sanctioned rewrite of consent proof: what and when stay, who and where go.
     db.session.execute(sa.update(ConsentEvent).where(ConsentEvent.contact_id == contact.id)
                        .values(ip=None, user_agent=None, page_url=None, source=None, data={}))

@@ -125,9 +125,17 @@ def count(segment_id):
 @require("marketer")
 def export(segment_id):
     """The segment's members as CSV (contact columns), streamed."""
-    from segments.export import csv_lines
+    from contacts.exporter import csv_pages
 
-    lines = csv_lines(services.get_segment(segment_id).rules)  # validates before the 200 is sent
-    resp = Response(stream_with_context(lines), mimetype="text/csv")
+    services.get_segment(segment_id)  # 404 before the 200 is sent
+    pages = csv_pages({"segment": segment_id})
+    first = next(pages)[0]  # the filters are checked here, still before streaming
+
+    def body():
+        yield first
+        for text, _ in pages:
+            yield text
+
+    resp = Response(stream_with_context(body()), mimetype="text/csv")
     resp.headers["Content-Disposition"] = f'attachment; filename="segment-{segment_id}.csv"'
     return resp
