@@ -1,0 +1,1 @@
+"""Campaigns, deliveries, rendering and channels (issue 4: not built yet)."""
