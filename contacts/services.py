@@ -38,6 +38,8 @@ def define_attribute(key: str, type_: str, label: str = "") -> AttributeDefiniti
         raise ValidationError("invalid attribute", {"key": "lower-case letters, digits and _, starting with a letter"})
     if type_ not in ATTRIBUTE_TYPES:
         raise ValidationError("invalid attribute", {"type": f"one of {', '.join(ATTRIBUTE_TYPES)}"})
+    if label is not None and (not isinstance(label, str) or len(label) > 200):
+        raise ValidationError("invalid attribute", {"label": "a string of at most 200 characters"})
     if db.session.scalar(sa.select(AttributeDefinition.id).where(AttributeDefinition.key == key)):
         raise Conflict("attribute exists", {"key": "already declared"})
     attr = AttributeDefinition(key=key, type=type_, label=label or "")

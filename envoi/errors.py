@@ -122,5 +122,9 @@ def refuse_nul_bytes():
     found = [f"query.{k}" for k, v in request.args.items(multi=True) if "\x00" in k or "\x00" in v]
     if request.is_json:
         found += list(_nul_paths(request.get_json(silent=True)))
+    elif request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        # Parts without a name come back with None keys: only what a view can read matters.
+        found += [f"form.{k}" for k, v in request.form.items(multi=True) if "\x00" in f"{k}{v}"]
+        found += [f"{k}.filename" for k, f in request.files.items(multi=True) if "\x00" in f"{k}{f.filename}"]
     if found:
         raise ValidationError("invalid characters", {p: "contains a NUL character" for p in found[:20]})

@@ -178,3 +178,9 @@ def test_actions_and_timeline_order(api):
     assert second["items"][0]["data"] == {"outcome": "interested"}
     assert second["next"] is None
     assert api.get(f"/api/v1/contacts/{cid}").get_json()["last_activity_at"].startswith("2024-03-01")
+
+
+def test_overlong_attribute_label_is_422_not_a_database_error(api):
+    resp = api.post("/api/v1/attributes", json={"key": "shoe", "type": "number", "label": "x" * 201})
+    assert resp.status_code == 422 and "label" in resp.get_json()["fields"]
+    assert api.get("/api/v1/attributes").get_json() == []

@@ -55,3 +55,14 @@ def test_nul_bytes_are_refused_naming_the_field(api):
     resp = api.get("/api/v1/contacts?city=Ly%00on")
     assert resp.status_code == 422 and "query.city" in resp.get_json()["fields"]
     assert api.get("/api/v1/topics").get_json() == []
+
+
+def test_nul_bytes_in_form_fields_and_file_names_are_refused(api):
+    import io
+
+    resp = api.post("/api/v1/imports", data={"topic": "news\x00", "file": (io.BytesIO(b"email\na@example.org\n"), "c.csv")},
+                    content_type="multipart/form-data")
+    assert resp.status_code == 422 and resp.get_json()["fields"] == {"form.topic": "contains a NUL character"}
+    resp = api.post("/api/v1/imports", data={"file": (io.BytesIO(b"email\na@example.org\n"), "c\x00.csv")},
+                    content_type="multipart/form-data")
+    assert resp.status_code == 422 and "file.filename" in resp.get_json()["fields"]
