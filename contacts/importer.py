@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from contacts.errors import ValidationError
 from contacts.models import PERSONAL_FIELDS, ConsentEvent, Contact, ContactTopic, ImportJob, Suppression, Topic
-from contacts.services import OPTED_OUT, attribute_types, suppressed_values
+from contacts.services import attribute_types, consent_predates_opt_out, suppressed_values
 from contacts.validation import clean_contact
 from envoi.errors import EnvoiError
 from envoi.extensions import db
@@ -469,8 +469,8 @@ class _ChunkWriter:
             if not wanted or wanted == current:
                 continue
             since = state[f"{channel}_status_at"]
-            if wanted == "confirmed" and current in OPTED_OUT and since and consent["at"] <= since:
-                stale += 1  # the same rule as services._set_status; the rest of the row still applies
+            if consent_predates_opt_out(wanted, current, since, consent):
+                stale += 1  # the rest of the row still applies
                 continue
             state[f"{channel}_status"] = wanted
             state[f"{channel}_status_at"] = now

@@ -25,6 +25,12 @@ OPTED_OUT = {"unsubscribed", "bounced", "complained", "invalid"}
 USER_ACTIONS = ("call", "meeting", "mailing", "postal_mailing", "note", "sms")
 
 
+def consent_predates_opt_out(wanted: str, current: str, since, consent: dict | None) -> bool:
+    """Confirming someone who opted out needs a consent given after the opt-out (API and imports)."""
+    return wanted == "confirmed" and current in OPTED_OUT and since is not None \
+        and consent is not None and consent["at"] <= since
+
+
 # --- reference data ---------------------------------------------------------------------------
 
 def attribute_types() -> dict[str, str]:
@@ -245,7 +251,7 @@ def _set_status(contact, channel, wanted, consent, method, author_id, context, n
     if wanted == current:
         return False
     since = getattr(contact, f"{channel}_status_at")
-    if wanted == "confirmed" and current in OPTED_OUT and since and consent["at"] <= since:
+    if consent_predates_opt_out(wanted, current, since, consent):
         raise Conflict("consent predates the opt-out",
                        {f"{channel}_status": f"{current} since {since.isoformat()}; the consent given at "
                                              f"{consent['at'].isoformat()} is older"})
