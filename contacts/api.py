@@ -1,7 +1,7 @@
 """REST API of the customer file: parse, call one service, answer. Errors map in envoi.errors."""
 from __future__ import annotations
 
-from flask import current_app, g, jsonify, request
+from flask import g, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -9,24 +9,19 @@ from contacts import services
 from contacts.schemas import (ActionInSchema, ActionSchema, AttributeSchema, ContactInSchema, ContactPageSchema, ContactPatchSchema,
                               ContactQuerySchema, ContactSchema, PageQuerySchema,
                               TimelinePageSchema, TopicPatchSchema, TopicSchema)
+from envoi.api import SECURITY, json_object, page_limit
 from envoi.auth.api import readonly_or, require
-from envoi.errors import ValidationError
 
 blp = Blueprint("contacts", __name__, url_prefix="/contacts", description="The customer file")
 purchases_blp = Blueprint("purchases", __name__, url_prefix="/purchases", description="Purchases (reactions)")
 topics_blp = Blueprint("topics", __name__, url_prefix="/topics", description="Subscription topics")
 attributes_blp = Blueprint("attributes", __name__, url_prefix="/attributes", description="Declared custom attributes")
 
-SECURITY = [{"bearer": []}]
 
 
 def _context() -> dict:
     return {"ip": request.remote_addr, "user_agent": (request.user_agent.string or "")[:500],
             "source": "api"}
-
-
-def _limit(args) -> int:
-    return min(args["limit"], current_app.config["API_PAGE_MAX"])
 
 
 @blp.route("")
@@ -39,7 +34,7 @@ class Contacts(MethodView):
     def get(self, args):
         """List contacts (filters, cursor pages in id order)."""
         cursor = args.pop("cursor")
-        limit = _limit(args)
+        limit = page_limit(args)
         args.pop("limit")
         items, nxt = services.list_contacts(args, cursor, limit)
         return {"items": items, "next": nxt}
@@ -50,17 +45,9 @@ class Contacts(MethodView):
     @blp.alt_response(201, schema=ContactSchema, description="created")
     def post(self, data):
         """Upsert a contact by email, then phone. 201 when created, 200 when updated."""
-        contact, created = services.upsert_contact(_raw_json(), method="api", author_id=g.user.id,
+        contact, created = services.upsert_contact(json_object(), method="api", author_id=g.user.id,
                                                    context=_context())
         return services.contact_to_dict(contact), 201 if created else 200
-
-
-def _raw_json() -> dict:
-    # The schema checked types; the service normalises from the original values.
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationError("expected a JSON object", {"_": "expected a JSON object"})
-    return body
 
 
 @blp.route("/<id:contact_id>")
@@ -78,7 +65,7 @@ class ContactById(MethodView):
     @blp.response(200, ContactSchema)
     def patch(self, data, contact_id):
         """Change the given fields only."""
-        contact = services.update_contact(contact_id, _raw_json(), author_id=g.user.id)
+        contact = services.update_contact(contact_id, json_object(), author_id=g.user.id)
         return services.contact_to_dict(contact)
 
     @blp.doc(security=SECURITY)
@@ -96,7 +83,7 @@ class ContactById(MethodView):
 @require("viewer")
 def contact_timeline(args, contact_id):
     """Actions, consents and purchases, newest first."""
-    items, nxt = services.timeline(contact_id, args["cursor"], _limit(args))
+    items, nxt = services.timeline(contact_id, args["cursor"], page_limit(args))
     return {"items": items, "next": nxt}
 
 

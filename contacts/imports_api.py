@@ -10,13 +10,13 @@ from flask_smorest import Blueprint
 from contacts import importer
 from contacts.models import ImportJob, Topic
 from contacts.schemas import ImportJobSchema
+from envoi.api import SECURITY
 from envoi.auth.api import require
 from envoi.errors import NotFound, ValidationError
 from envoi.extensions import db
 
 imports_blp = Blueprint("imports", __name__, url_prefix="/imports", description="CSV imports run by a worker")
 
-SECURITY = [{"bearer": []}]
 
 
 def _job_dict(job: ImportJob) -> dict:

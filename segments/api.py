@@ -1,19 +1,18 @@
 """REST API of segments: CRUD, live count, preview of unsaved rules, CSV export of members."""
 from __future__ import annotations
 
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from contacts.schemas import ContactSchema, PageQuerySchema, PageSchema
+from envoi.api import SECURITY, json_object, page_limit
 from envoi.auth.api import readonly_or, require
-from envoi.errors import ValidationError
 from segments import services
 
 blp = Blueprint("segments", __name__, url_prefix="/segments", description="Segments: rules over the customer file")
 
-SECURITY = [{"bearer": []}]
 RULES_DOC = "segment rules (see DESIGN.md, Segment rules): {all|any|not|field|purchases|rfm|engagement|subscription}"
 
 
@@ -46,14 +45,6 @@ class PreviewSchema(CountSchema):
     sample = fields.List(fields.Nested(ContactSchema))
 
 
-def _body() -> dict:
-    # The schema checked the shape; rules are validated (with their paths) by the service.
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationError("expected a JSON object", {"_": "expected a JSON object"})
-    return body
-
-
 @blp.route("")
 class Segments(MethodView):
     decorators = [readonly_or("marketer")]
@@ -63,7 +54,7 @@ class Segments(MethodView):
     @blp.response(200, SegmentPageSchema)
     def get(self, args):
         """Saved segments, in id order."""
-        items, nxt = services.list_segments(args["cursor"], min(args["limit"], current_app.config["API_PAGE_MAX"]))
+        items, nxt = services.list_segments(args["cursor"], page_limit(args))
         return {"items": items, "next": nxt}
 
     @blp.doc(security=SECURITY)
@@ -71,7 +62,7 @@ class Segments(MethodView):
     @blp.response(201, SegmentSchema)
     def post(self, data):
         """Save a segment; its rules are validated (422 names the path of each problem)."""
-        body = _body()
+        body = json_object()
         return services.segment_to_dict(services.create_segment(body["name"], body["rules"]))
 
 
@@ -82,7 +73,7 @@ class Segments(MethodView):
 @require("viewer")
 def preview(data):
     """Count and the first 10 members of unsaved rules."""
-    return services.preview(_body()["rules"])
+    return services.preview(json_object()["rules"])
 
 
 @blp.route("/<id:segment_id>")
@@ -99,7 +90,7 @@ class SegmentById(MethodView):
     @blp.response(200, SegmentSchema)
     def patch(self, data, segment_id):
         """Rename and/or replace the rules."""
-        body = _body()
+        body = json_object()
         return services.segment_to_dict(services.update_segment(
             segment_id, {k: body[k] for k in ("name", "rules") if k in body}))
 
