@@ -45,10 +45,13 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # The Twilio client logs every request and response at INFO: one line per SMS is noise.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
-    from envoi.extensions import api, db, migrate
+    from envoi.extensions import api, db, limiter, migrate
 
     db.init_app(app)
+    limiter.init_app(app)
     migrate.init_app(app, db, directory=str(_root() / "migrations"))
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         _tune_sqlite(app, db)
@@ -113,3 +116,8 @@ def _register_blueprints(app: Flask, api) -> None:
 
     for blp in (contacts_blp, purchases_blp, topics_blp, attributes_blp, imports_blp, segments_blp):
         api.register_blueprint(blp, url_prefix="/api/v1" + blp.url_prefix)
+    import campaigns
+    import optin
+
+    optin.register(app, api)
+    campaigns.register(app, api)

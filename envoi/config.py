@@ -63,6 +63,55 @@ def _check_http_url(name: str, url: str) -> str:
     return url.rstrip("/")
 
 
+def _float(env: dict, name: str, default: float, minimum: float = 0.0, maximum: float | None = None) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(f"{name}={raw!r} must be between {minimum} and {maximum if maximum is not None else 'any'}")
+    return value
+
+
+def _quiet_hours(env: dict) -> tuple[str, str] | None:
+    """ENVOI_SMS_QUIET_HOURS "20:30-08:00" (in the recipient's timezone); "" or "off" disables."""
+    raw = env.get("ENVOI_SMS_QUIET_HOURS", "20:30-08:00").strip()
+    if raw.lower() in ("", "off", "none"):
+        return None
+    import re
+
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)", raw)
+    if not match or raw[:5] == raw[6:]:
+        raise ConfigError(f"ENVOI_SMS_QUIET_HOURS={raw!r} must look like 20:30-08:00 (or off)")
+    return raw[:5], raw[6:]
+
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _quiet_days(env: dict) -> tuple[str, ...]:
+    raw = env.get("ENVOI_SMS_QUIET_DAYS", "sun").strip().lower()
+    days = tuple(d.strip() for d in raw.split(",") if d.strip()) if raw not in ("", "off", "none") else ()
+    bad = [d for d in days if d not in DAYS]
+    if bad:
+        raise ConfigError(f"ENVOI_SMS_QUIET_DAYS has {bad[0]!r}: use mon,tue,wed,thu,fri,sat,sun (or off)")
+    return days
+
+
+def _rate(env: dict, name: str, default: str) -> str:
+    raw = env.get(name) or default
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a rate such as '30/minute' or '5/hour;100/day'") from None
+    return raw
+
+
 def _secret_key(env: dict, instance: Path) -> str:
     key = env.get("ENVOI_SECRET_KEY")
     if key:
@@ -118,5 +167,30 @@ def load_config(env: dict | None = None) -> dict:
         "API_PAGE_MAX": _int(env, "ENVOI_API_PAGE_MAX", 500, minimum=1),
         "IMPORT_DIR": str(instance / "imports"),
         "RATELIMIT_STORAGE_URI": env.get("ENVOI_REDIS_URL") or "redis://127.0.0.1:6390/0",
+        # Opt-in: unconfirmed signups are anonymised after this many days; public endpoint limits.
+        "OPTIN_PENDING_DAYS": _int(env, "ENVOI_OPTIN_PENDING_DAYS", 30, minimum=1),
+        "SIGNUP_RATE_PER_IP": _rate(env, "ENVOI_SIGNUP_RATE_PER_IP", "30/minute;300/hour"),
+        "SIGNUP_RATE_PER_ADDRESS": _rate(env, "ENVOI_SIGNUP_RATE_PER_ADDRESS", "1/10minutes"),
+        "SIGNUP_MIN_SECONDS": _float(env, "ENVOI_SIGNUP_MIN_SECONDS", 2.0, maximum=600),
+        # Campaigns.
+        "UNSUBSCRIBE_MAILTO": env.get("ENVOI_UNSUBSCRIBE_MAILTO") or None,
+        "DKIM_KEY_PATH": env.get("ENVOI_DKIM_KEY_PATH") or None,
+        "DKIM_SELECTOR": env.get("ENVOI_DKIM_SELECTOR") or None,
+        "DKIM_DOMAIN": env.get("ENVOI_DKIM_DOMAIN") or None,
+        "SMS_OPTOUT_TEXT": env.get("ENVOI_SMS_OPTOUT_TEXT", "STOP au 36111"),
+        "SMS_QUIET_HOURS": _quiet_hours(env),
+        "SMS_QUIET_DAYS": _quiet_days(env),
+        # Messages per second / per hour per channel, shared by all workers; 0 = no limit.
+        "EMAIL_RATE_PER_SECOND": _float(env, "ENVOI_EMAIL_RATE_PER_SECOND", 0),
+        "EMAIL_RATE_PER_HOUR": _int(env, "ENVOI_EMAIL_RATE_PER_HOUR", 0),
+        "SMS_RATE_PER_SECOND": _float(env, "ENVOI_SMS_RATE_PER_SECOND", 0),
+        "SMS_RATE_PER_HOUR": _int(env, "ENVOI_SMS_RATE_PER_HOUR", 0),
+        "CAMPAIGN_BATCH_SIZE": _int(env, "ENVOI_CAMPAIGN_BATCH_SIZE", 200, minimum=1),
+        "DELIVERY_LEASE_SECONDS": _int(env, "ENVOI_DELIVERY_LEASE_SECONDS", 300, minimum=5),
+        "DELIVERY_MAX_ATTEMPTS": _int(env, "ENVOI_DELIVERY_MAX_ATTEMPTS", 5, minimum=1),
+        # First retry after a transient error, doubled at each attempt (with jitter), at most 6 h.
+        "DELIVERY_RETRY_BASE_SECONDS": _float(env, "ENVOI_DELIVERY_RETRY_BASE_SECONDS", 60),
+        # A campaign pauses itself when this share of its last messages failed (0 = never).
+        "CAMPAIGN_PAUSE_ERROR_RATE": _float(env, "ENVOI_CAMPAIGN_PAUSE_ERROR_RATE", 0.2, maximum=1),
     }
     return cfg

@@ -22,3 +22,38 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 api = Api()
+
+
+from flask import current_app, has_app_context  # noqa: E402
+from flask_limiter import Limiter  # noqa: E402
+from flask_limiter.util import get_remote_address  # noqa: E402
+
+
+class AppLimiter(Limiter):
+    """flask-limiter whose storage (RATELIMIT_STORAGE_URI, Redis) belongs to each app.
+
+    The stock extension keeps one storage per Limiter object, so a second app built in the same
+    process (tests, scripts) would silently move every app's counters to its own Redis."""
+
+    def init_app(self, app) -> None:
+        super().init_app(app)
+        app.extensions["envoi_limiter"] = (self._storage, self._limiter)
+
+    def _state(self):
+        if has_app_context():
+            return current_app.extensions.get("envoi_limiter")
+        return None
+
+    @property
+    def storage(self):
+        state = self._state()
+        return state[0] if state else super().storage
+
+    @property
+    def limiter(self):
+        state = self._state()
+        return state[1] if state else super().limiter
+
+
+# Public endpoints (signup, resend) are limited per IP on Redis; see optin/views.py.
+limiter = AppLimiter(key_func=get_remote_address, strategy="moving-window")

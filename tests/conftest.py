@@ -184,3 +184,53 @@ def artifacts_dir() -> Path:
 
 def which(name: str) -> str | None:
     return shutil.which(name)
+
+
+@pytest.fixture(scope="session")
+def _smtp_server():
+    from tests.fakes import SmtpServer
+
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp_server(app, _smtp_server):
+    """A real SMTP server (aiosmtpd) on loopback; the app sends email to it during the test."""
+    _smtp_server.clear()
+    with configured(app, SMTP_URL=_smtp_server.url):
+        yield _smtp_server
+
+
+@pytest.fixture(scope="session")
+def _fake_twilio():
+    from tests.fakes import FakeTwilio
+
+    fake = FakeTwilio().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_twilio(app, _fake_twilio):
+    """A fake Twilio REST API on loopback; the app sends SMS to it during the test."""
+    _fake_twilio.clear()
+    with configured(app, **_fake_twilio.config()):
+        yield _fake_twilio
+
+
+class configured:
+    """Set app config keys for a block, then put the old values back."""
+
+    def __init__(self, app, **values):
+        self.app, self.values, self.saved = app, values, {}
+
+    def __enter__(self):
+        for key, value in self.values.items():
+            self.saved[key] = self.app.config.get(key)
+            self.app.config[key] = value
+        return self.app
+
+    def __exit__(self, *exc):
+        self.app.config.update(self.saved)

@@ -1,0 +1,262 @@
+"""Channels: how a message leaves Envoi. One small interface, three kinds behind it.
+
+    email: SMTP (ENVOI_SMTP_URL; one persistent connection per thread, reopened when lost)
+           or the dev outbox (no SMTP_URL).
+    sms:   Twilio (ENVOI_TWILIO_ACCOUNT_SID + _AUTH_TOKEN; the official client, ENVOI_TWILIO_API_BASE
+           honoured) or the dev outbox.
+
+A send either returns the provider's id for the message or raises TransientError (try again
+later: SMTP 4xx, connection lost, Twilio 429/5xx) or PermanentError (never again to that
+recipient: SMTP 5xx, Twilio 21211 invalid number, 21610 unsubscribed). Callers own retries.
+"""
+from __future__ import annotations
+
+import smtplib
+import ssl
+import threading
+from email.message import EmailMessage
+from email.utils import parseaddr
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from flask import current_app
+
+from envoi.types import utcnow
+
+
+class ChannelError(Exception):
+    """A send that failed; `code` is the provider's (SMTP reply code, Twilio error code)."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class TransientError(ChannelError):
+    """Worth retrying later."""
+
+
+class PermanentError(ChannelError):
+    """Will fail again: record it and stop writing to this recipient."""
+
+
+# ---------------------------------------------------------------- email
+
+class OutboxEmail:
+    """Dev outbox: stores the whole message in `outbox_messages`, in its own transaction."""
+
+    name = "outbox"
+
+    def send(self, msg: EmailMessage) -> str:
+        to = parseaddr(str(msg["To"]))[1]
+        html_part = msg.get_body(("html",)) if msg.is_multipart() else None
+        text_part = msg.get_body(("plain",)) if msg.is_multipart() else msg
+        row = {
+            "channel": "email", "to": to, "sender": str(msg["From"] or ""), "subject": str(msg["Subject"] or ""),
+            "body": text_part.get_content() if text_part is not None else "",
+            "html": html_part.get_content() if html_part is not None else None,
+            "raw": msg.as_string(), "data": {}, "created_at": utcnow(),
+        }
+        return str(_store_outbox(row))
+
+
+class SmtpEmail:
+    """SMTP with one persistent connection per thread (a pool per worker process)."""
+
+    name = "smtp"
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        parts = urlsplit(url)
+        self.ssl = parts.scheme == "smtps"
+        self.host = parts.hostname
+        self.port = parts.port or (465 if self.ssl else 25)
+        self.user = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        query = parse_qs(parts.query)
+        self.starttls = query.get("starttls", ["0"])[0] in ("1", "true", "yes")
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _connect(self) -> smtplib.SMTP:
+        try:
+            if self.ssl:
+                conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                        context=ssl.create_default_context())
+            else:
+                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                if self.starttls:
+                    conn.starttls(context=ssl.create_default_context())
+            if self.user:
+                conn.login(self.user, self.password or "")
+        except smtplib.SMTPAuthenticationError as err:
+            raise TransientError(f"SMTP login refused: {err.smtp_code} {_text(err.smtp_error)}", err.smtp_code) from None
+        except (OSError, smtplib.SMTPException) as err:
+            raise TransientError(f"cannot reach SMTP server {self.host}:{self.port}: {err}") from None
+        return conn
+
+    def _conn(self) -> smtplib.SMTP:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.quit()
+            except (OSError, smtplib.SMTPException):
+                conn.close()
+
+    def send(self, msg: EmailMessage) -> str:
+        from campaigns.rendering import wire_bytes
+
+        # sendmail with bytes built once: send_message would flatten the message again (~2 ms).
+        sender = parseaddr(str(msg["Sender"] or msg["From"]))[1]
+        recipients = [parseaddr(str(msg["To"]))[1]]
+        data = wire_bytes(msg)
+        for attempt in (1, 2):
+            conn = self._conn()
+            try:
+                refused = conn.sendmail(sender, recipients, data)
+            except smtplib.SMTPServerDisconnected:
+                # A kept-alive connection the server closed: reopen once, then report.
+                self._local.conn = None
+                if attempt == 2:
+                    raise TransientError("SMTP server closed the connection") from None
+                continue
+            except smtplib.SMTPRecipientsRefused as err:
+                self._reset(conn)
+                code, text = next(iter(err.recipients.values()))
+                raise _classify(code, f"recipient refused: {code} {_text(text)}") from None
+            except smtplib.SMTPResponseException as err:
+                self._reset(conn)
+                raise _classify(err.smtp_code, f"SMTP {err.smtp_code} {_text(err.smtp_error)}") from None
+            except (OSError, smtplib.SMTPException) as err:
+                self.close()
+                raise TransientError(f"SMTP error: {err}") from None
+            if refused:
+                code, text = next(iter(refused.values()))
+                raise _classify(code, f"recipient refused: {code} {_text(text)}")
+            return str(msg["Message-ID"] or "")
+        raise AssertionError("unreachable")
+
+    def _reset(self, conn) -> None:
+        try:
+            conn.rset()
+        except (OSError, smtplib.SMTPException):
+            self._local.conn = None
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _classify(code: int, message: str) -> ChannelError:
+    return PermanentError(message, code) if 500 <= code < 600 else TransientError(message, code)
+
+
+# ---------------------------------------------------------------- sms
+
+# Twilio errors that will fail again for this number (not a reason to retry).
+TWILIO_PERMANENT = {21211, 21214, 21217, 21407, 21408, 21606, 21610, 21612, 21614, 21401, 21421, 21604, 30003,
+                    30004, 30005, 30006, 30007, 30008}
+
+
+class OutboxSms:
+    name = "outbox"
+
+    def send(self, to: str, body: str, status_callback: str | None = None) -> str:
+        row = {"channel": "sms", "to": to, "sender": current_app.config.get("TWILIO_FROM") or "",
+               "subject": None, "body": body, "html": None, "raw": None,
+               "data": {"status_callback": status_callback} if status_callback else {}, "created_at": utcnow()}
+        return f"OUTBOX{_store_outbox(row)}"
+
+
+class TwilioSms:
+    """The official client; `api_base` (ENVOI_TWILIO_API_BASE) replaces https://api.twilio.com."""
+
+    name = "twilio"
+
+    def __init__(self, sid: str, token: str, api_base: str, sender: str | None, messaging_service_sid: str | None):
+        from twilio.http.http_client import TwilioHttpClient
+        from twilio.rest import Client
+
+        base = api_base.rstrip("/")
+
+        class _Rebased(TwilioHttpClient):
+            def request(self, method, url, *args, **kwargs):
+                if url.startswith("https://api.twilio.com"):
+                    url = base + url[len("https://api.twilio.com"):]
+                return super().request(method, url, *args, **kwargs)
+
+        self.client = Client(sid, token, http_client=_Rebased(pool_connections=True, timeout=30))
+        self.sender = sender
+        self.messaging_service_sid = messaging_service_sid
+
+    def send(self, to: str, body: str, status_callback: str | None = None) -> str:
+        from twilio.base.exceptions import TwilioException, TwilioRestException
+
+        kwargs = {"to": to, "body": body}
+        if self.messaging_service_sid:
+            kwargs["messaging_service_sid"] = self.messaging_service_sid
+        else:
+            kwargs["from_"] = self.sender
+        if status_callback:
+            kwargs["status_callback"] = status_callback
+        try:
+            message = self.client.messages.create(**kwargs)
+        except TwilioRestException as err:
+            if err.code in TWILIO_PERMANENT:
+                raise PermanentError(f"Twilio {err.code}: {err.msg}", err.code) from None
+            if err.status == 429 or err.status >= 500:
+                raise TransientError(f"Twilio HTTP {err.status}: {err.msg}", err.code) from None
+            raise PermanentError(f"Twilio HTTP {err.status} {err.code}: {err.msg}", err.code) from None
+        except (TwilioException, OSError) as err:
+            raise TransientError(f"cannot reach Twilio: {err}") from None
+        return message.sid
+
+
+# ---------------------------------------------------------------- wiring
+
+def _store_outbox(row: dict) -> int:
+    from campaigns.models import OutboxMessage
+    from envoi.extensions import db
+
+    with db.engine.begin() as conn:
+        return conn.execute(OutboxMessage.__table__.insert().returning(OutboxMessage.id), row).scalar_one()
+
+
+_channels: dict = {}
+_lock = threading.Lock()
+
+
+def email_channel():
+    """The process's email channel for the current config (SMTP, else the dev outbox)."""
+    url = current_app.config.get("SMTP_URL")
+    key = ("email", url)
+    if key not in _channels:
+        with _lock:
+            _channels.setdefault(key, SmtpEmail(url) if url else OutboxEmail())
+    return _channels[key]
+
+
+def sms_channel():
+    """The process's SMS channel for the current config (Twilio, else the dev outbox)."""
+    cfg = current_app.config
+    sid, token = cfg.get("TWILIO_ACCOUNT_SID"), cfg.get("TWILIO_AUTH_TOKEN")
+    key = ("sms", sid, token, cfg.get("TWILIO_API_BASE"), cfg.get("TWILIO_FROM"), cfg.get("TWILIO_MESSAGING_SERVICE_SID"))
+    if key not in _channels:
+        with _lock:
+            if key not in _channels:
+                _channels[key] = (TwilioSms(sid, token, cfg["TWILIO_API_BASE"], cfg.get("TWILIO_FROM"),
+                                            cfg.get("TWILIO_MESSAGING_SERVICE_SID")) if sid and token else OutboxSms())
+    return _channels[key]
+
+
+def send_email(msg: EmailMessage) -> str:
+    return email_channel().send(msg)
+
+
+def send_sms(to: str, body: str, status_callback: str | None = None) -> str:
+    return sms_channel().send(to, body, status_callback)
