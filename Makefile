@@ -6,7 +6,22 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 BENCH_DATABASE_URL := $(or $(ENVOI_BENCH_DATABASE_URL),postgresql+psycopg://postgres@127.0.0.1/envoi_bench)
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean browser
+
+# Debian's chromium for the browser test (Playwright drives it; never `playwright install`).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@echo "installing chromium with apt"
+	@apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  chromium fonts-dejavu-core >/dev/null
+
+browser: $(CHROMIUM)
+
+# wrk, the load generator of bench/bench_signup.py.
+WRK := /usr/bin/wrk
+$(WRK):
+	@echo "installing wrk with apt"
+	@apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
 
 # The venv with the pinned requirements; redone only when a requirements file changes.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -24,11 +39,11 @@ install: $(STAMP)
 run: $(STAMP)
 	@$(BIN)/python -m envoi.run
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Every bench/bench_*.py in order, on PostgreSQL (started or installed when nothing answers).
-bench: $(STAMP)
+bench: $(STAMP) $(WRK)
 	@$(BIN)/python -m envoi.run postgres "$(BENCH_DATABASE_URL)"
 	@shopt -s nullglob; scripts=(bench/bench_*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "no bench/bench_*.py yet"; exit 0; fi; \

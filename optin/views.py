@@ -1,0 +1,410 @@
+"""Public pages: /forms/<slug>, /confirm/<token>, /unsubscribe/<token>, /preferences/<token>,
+/webhooks/twilio/inbound. Views parse input and call one service."""
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import time
+from urllib.parse import urlsplit
+
+from flask import (Blueprint, Response, current_app, g, jsonify, make_response, redirect, render_template, request,
+                   session)
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from contacts.models import AttributeDefinition
+from envoi.errors import NotFound, ValidationError
+from envoi.extensions import db, limiter
+from optin import services, tokens
+from optin.i18n import lang_of, pick_lang, texts
+from optin.models import Form
+
+bp = Blueprint("optin", __name__)
+
+START_SALT = "envoi.optin.form-start.v1"
+START_MAX_AGE = 24 * 3600  # a signup page left open longer must be reloaded
+FIELD_TYPES = {"email": "email", "phone": "tel", "birth_date": "date", "headcount": "number"}
+ATTRIBUTE_INPUTS = {"string": "text", "number": "number", "boolean": "checkbox", "date": "date"}
+AUTOCOMPLETE = {"email": "email", "phone": "tel", "first_name": "given-name", "last_name": "family-name",
+                "address": "street-address", "postal_code": "postal-code", "city": "address-level2",
+                "country": "country", "birth_date": "bday", "company_name": "organization",
+                "salutation": "honorific-prefix"}
+
+
+def _ip_rate() -> str:
+    return current_app.config["SIGNUP_RATE_PER_IP"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def start_token(form_id: int, issued_at: float | None = None) -> str:
+    """The `_token` of a form page: which form, and when it was shown (minimum fill time)."""
+    serializer = URLSafeSerializer(current_app.config["SECRET_KEY"], salt=START_SALT)
+    return serializer.dumps([int(form_id), round(time.time() if issued_at is None else issued_at, 3)])
+
+
+def _read_start_token(value, form_id: int) -> float | None:
+    """When the page was shown, or None for a missing, tampered or other form's token."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        payload = URLSafeSerializer(current_app.config["SECRET_KEY"], salt=START_SALT).loads(value)
+    except BadSignature:
+        return None
+    if not (isinstance(payload, list) and len(payload) == 2 and payload[0] == form_id
+            and isinstance(payload[1], (int, float)) and not isinstance(payload[1], bool)):
+        return None
+    return float(payload[1])
+
+
+def _csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(24)
+    return session["csrf"]
+
+
+def _csrf_ok(value) -> bool:
+    expected = session.get("csrf")
+    return bool(expected) and isinstance(value, str) and hmac.compare_digest(expected, value)
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _own_origins() -> set[str]:
+    return {_origin_of(current_app.config["BASE_URL"]), _origin_of(request.host_url)}
+
+
+def _wants_json() -> bool:
+    return request.is_json or request.accept_mimetypes.best == "application/json" \
+        or "application/json" in (request.headers.get("Accept") or "")
+
+
+def _payload() -> dict:
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ValidationError("expected a JSON object", {"_": "expected a JSON object"})
+        return body
+    return {key: request.form.get(key) for key in request.form.keys() if key is not None}
+
+
+def _context(data: dict | None = None) -> dict:
+    page = (data or {}).get("page")
+    if not isinstance(page, str) or urlsplit(page).scheme not in ("http", "https"):
+        page = request.referrer
+    return {"ip": request.remote_addr, "user_agent": (request.user_agent.string or "")[:500],
+            "page_url": (page or "")[:1000] or None}
+
+
+def _page(template: str, status: int = 200, **ctx):
+    lang = ctx.pop("lang", None) or pick_lang()
+    response = make_response(render_template(template, lang=lang, t=texts(lang), **ctx), status)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"  # links carry tokens
+    return response
+
+
+def _message(title_key: str, text_key: str, status: int = 200, lang: str | None = None, **extra):
+    lang = lang or pick_lang()
+    t = texts(lang)
+    return _page("optin/message.html", status, lang=lang, title=t[title_key], text=t[text_key], **extra)
+
+
+@bp.after_request
+def _cors(response: Response):
+    origin = g.pop("cors_origin", None)
+    if request.endpoint == "optin.form_page":
+        response.vary.add("Origin")
+        if origin is None and not g.pop("origin_checked", False) and request.headers.get("Origin"):
+            # The view did not run (rate limited before it): an allowed page must still read the answer.
+            form = db.session.scalar(db.select(Form).where(Form.slug == (request.view_args or {}).get("slug")))
+            origin = _cross_origin_check(form)[1] if form is not None else None
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+    return response
+
+
+# --------------------------------------------------------------------------- forms
+
+def _fields(form: Form, t: dict) -> list[dict]:
+    required = services.required_fields(form)
+    out = [{"name": name, "label": t[name], "type": FIELD_TYPES.get(name, "text"), "required": name in required,
+            "autocomplete": AUTOCOMPLETE.get(name, "on")} for name in form.fields]
+    if form.attributes:
+        defs = {a.key: a for a in db.session.query(AttributeDefinition)
+                .filter(AttributeDefinition.key.in_(form.attributes))}
+        for key in form.attributes:
+            attr = defs.get(key)
+            out.append({"name": f"attributes.{key}", "label": (attr.label if attr and attr.label else key),
+                        "type": ATTRIBUTE_INPUTS.get(attr.type if attr else "string", "text"), "required": False,
+                        "autocomplete": "off"})
+    return out
+
+
+def _success_message(form: Form, t: dict) -> str:
+    return t["check_inbox"] if form.double_opt_in else t["subscribed"]
+
+
+def _form_json(form: Form, lang: str) -> dict:
+    t = texts(lang)
+    return {"slug": form.slug, "title": form.title, "lang": lang,
+            "fields": [{k: f[k] for k in ("name", "label", "type", "required")} for f in _fields(form, t)],
+            "channels": list(form.channels or []), "consent_text": form.consent_text,
+            "consent_version": form.consent_version, "popup": dict(form.popup or {}), "honeypot": "website",
+            "token": start_token(form.id), "submit_label": t["submit"],
+            "success_message": _success_message(form, t)}
+
+
+def _render_form(form: Form, lang: str, status: int = 200, errors: dict | None = None, values: dict | None = None,
+                 notice: str | None = None):
+    t = texts(lang)
+    return _page("optin/form.html", status, lang=lang, form=form, fields=_fields(form, t), errors=errors or {},
+                 values=values or {}, token=start_token(form.id), csrf=_csrf_token(), notice=notice)
+
+
+def _cross_origin_check(form: Form) -> tuple[bool, str | None]:
+    """(allowed, cors origin). A browser names the page's origin on cross-origin requests; only
+    the form's allowed origins may use it from their pages."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin.lower() in _own_origins():
+        return True, None
+    origin = origin.lower()
+    if origin in (form.allowed_origins or []):
+        return True, origin
+    return False, None
+
+
+@bp.route("/forms/<slug>", methods=["GET", "POST", "OPTIONS"])
+@limiter.limit(_ip_rate, methods=["POST"], error_message="too many signups from this address; try again later")
+def form_page(slug: str):
+    """The hosted signup page (HTML or, for the embed script, JSON) and the signup itself."""
+    form = services.form_by_slug(slug)
+    g.origin_checked = True
+    allowed, cors = _cross_origin_check(form)
+    if request.method == "OPTIONS":
+        if not allowed:
+            return Response(status=403)
+        response = Response(status=204)
+        if cors:
+            g.cors_origin = cors
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type, Accept"
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
+    lang = pick_lang()
+    if request.method == "GET":
+        if request.accept_mimetypes.best == "application/json":
+            if cors:
+                g.cors_origin = cors
+            response = jsonify(_form_json(form, lang))
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        return _render_form(form, lang)
+    return _signup(form, lang, allowed, cors)
+
+
+def _signup(form: Form, lang: str, allowed: bool, cors: str | None):
+    as_json = _wants_json()
+    t = texts(lang)
+    if not allowed:
+        if as_json:
+            return jsonify({"error": "this site may not use this form", "fields": {"Origin": "not allowed"}}), 403
+        return _message("error_title", "origin_refused", 403, lang=lang)
+    if cors:
+        g.cors_origin = cors
+    data = _payload()
+    if request.headers.get("Origin") is None and not request.is_json and not _csrf_ok(data.get("_csrf")):
+        # A plain form post without Origin: only our own page (with its session cookie) may send it.
+        if as_json:
+            return jsonify({"error": t["session_expired"], "fields": {"_csrf": "missing or invalid"}}), 400
+        return _render_form(form, lang, 400, notice=t["session_expired"], values=data)
+    issued = _read_start_token(data.get("_token"), form.id)
+    if issued is not None and time.time() - issued > START_MAX_AGE:
+        if as_json:
+            return jsonify({"error": t["session_expired"], "fields": {"_token": "expired: reload the form"}}), 422
+        return _render_form(form, lang, 422, notice=t["session_expired"], values=data)
+    too_fast = issued is None or time.time() - issued < current_app.config["SIGNUP_MIN_SECONDS"]
+    if data.get("website") or too_fast:
+        return _signup_done(form, lang, as_json)  # a bot: same answer, nothing stored
+    # Read before the service commits: afterwards the form's attributes are expired and the
+    # answer would load the form again.
+    answer = (_success_message(form, t), form.redirect_url)
+    try:
+        services.request_optin(form.id, data, _context(data), lang)
+    except ValidationError as err:
+        if as_json:
+            return jsonify({"error": err.message, "fields": err.fields}), 422
+        return _render_form(form, lang, 422, errors=err.fields, values=data, notice=t["form_errors"])
+    return _signup_done(form, lang, as_json, answer)
+
+
+def _signup_done(form: Form, lang: str, as_json: bool, answer: tuple[str, str | None] | None = None):
+    t = texts(lang)
+    message, redirect_url = answer or (_success_message(form, t), form.redirect_url)
+    if as_json:
+        return jsonify({"status": "ok", "message": message, "redirect_url": redirect_url})
+    if redirect_url:
+        return redirect(redirect_url, 303)  # the form's own URL, never one from the request
+    return _page("optin/message.html", lang=lang, title=t["thanks_title"], text=message)
+
+
+# --------------------------------------------------------------------------- confirm
+
+def _token_lang(token: str) -> str:
+    """The page language: `?lang=`, else the signup's, else the browser's."""
+    return pick_lang()
+
+
+@bp.get("/confirm/<token>")
+def confirm_page(token: str):
+    """Never confirms: link scanners prefetch GETs. The page POSTs (by script, or a button)."""
+    lang = _token_lang(token)
+    try:
+        tokens.read_confirm_token(token)
+    except tokens.TokenExpired:
+        return _page("optin/expired.html", 410, lang=lang, token=token)
+    except tokens.TokenInvalid:
+        return _message("error_title", "invalid_link", 400, lang=lang)
+    return _page("optin/confirm.html", lang=lang, token=token)
+
+
+@bp.post("/confirm/<token>")
+def confirm(token: str):
+    lang = _token_lang(token)
+    try:
+        form = services.confirm_subscription(token, _context())
+    except tokens.TokenExpired:
+        return _page("optin/expired.html", 410, lang=lang, token=token)
+    except tokens.TokenInvalid:
+        return _message("error_title", "invalid_link", 400, lang=lang)
+    except NotFound:
+        return _message("error_title", "invalid_link", 404, lang=lang)
+    if form is not None and form.confirm_redirect_url:
+        return redirect(form.confirm_redirect_url, 303)
+    return _message("confirmed_title", "confirmed_text", lang=lang)
+
+
+@bp.post("/confirm/<token>/resend")
+@limiter.limit(_ip_rate, error_message="too many requests from this address; try again later")
+def resend(token: str):
+    lang = _token_lang(token)
+    try:
+        services.resend_confirmation(token, lang)
+    except tokens.TokenExpired:  # pragma: no cover - handled inside the service
+        pass
+    except tokens.TokenInvalid:
+        return _message("error_title", "invalid_link", 400, lang=lang)
+    return _message("expired_title", "resent_text", lang=lang)
+
+
+# --------------------------------------------------------------------------- unsubscribe
+
+def _campaign_param() -> int | None:
+    raw = request.args.get("c", "")
+    return int(raw) if raw.isdigit() and 0 < int(raw) < 2**63 else None
+
+
+def _masked(address: str | None) -> str:
+    if not address:
+        return ""
+    if "@" in address:
+        local, _, domain = address.partition("@")
+        return f"{local[:2]}{'•' * max(1, len(local) - 2)}@{domain}"
+    return f"{address[:4]}{'•' * max(1, len(address) - 6)}{address[-2:]}"
+
+
+@bp.get("/unsubscribe/<token>")
+def unsubscribe_page(token: str):
+    try:
+        contact_id, channel = tokens.read_unsubscribe_token(token)
+    except tokens.TokenInvalid:
+        return _message("error_title", "invalid_link", 400)
+    contact = services.contact_for_token(contact_id)
+    lang = pick_lang(lang_of(contact.language) if contact is not None else None) if "lang" not in request.args \
+        else pick_lang()
+    if contact is None or getattr(contact, f"{channel}_status") == "unsubscribed":
+        return _message("unsub_title", "unsub_done", lang=lang)
+    t = texts(lang)
+    intro = t[f"unsub_intro_{channel}"].format(address=_masked(contact.email if channel == "email" else contact.phone))
+    return _page("optin/unsubscribe.html", lang=lang, intro=intro, action=request.full_path.rstrip("?"),
+                 preferences_url=tokens.preferences_url(contact_id))
+
+
+@bp.post("/unsubscribe/<token>")
+def unsubscribe(token: str):
+    """RFC 8058 one-click: `List-Unsubscribe=One-Click`, no cookie, no CSRF; unsubscribes at once."""
+    try:
+        contact_id, channel = tokens.read_unsubscribe_token(token)
+    except tokens.TokenInvalid:
+        return _message("error_title", "invalid_link", 400)
+    services.unsubscribe(contact_id, channel, _context(), campaign_id=_campaign_param(), method="link")
+    return _message("unsub_title", "unsub_done")
+
+
+# --------------------------------------------------------------------------- preferences
+
+@bp.route("/preferences/<token>", methods=["GET", "POST"])
+def preferences(token: str):
+    try:
+        contact_id = tokens.read_preferences_token(token)
+    except tokens.TokenInvalid:
+        return _message("error_title", "invalid_link", 400)
+    contact = services.contact_for_token(contact_id)
+    lang = pick_lang(lang_of(contact.language) if contact is not None else None)
+    t = texts(lang)
+    if contact is None:
+        return _message("pref_title", "pref_erased", lang=lang)
+    notice = None
+    status = 200
+    if request.method == "POST":
+        if not _csrf_ok(request.form.get("_csrf")):
+            notice, status = t["session_expired"], 400
+        else:
+            action = request.form.get("action", "save")
+            if action == "export":
+                from contacts.services import export_contact
+
+                body = json.dumps(export_contact(contact_id), ensure_ascii=False, indent=2)
+                response = Response(body, mimetype="application/json")
+                response.headers["Content-Disposition"] = 'attachment; filename="my-data.json"'
+                response.headers["Cache-Control"] = "no-store"
+                return response
+            if action == "erase":
+                if request.form.get("confirm") != "yes":
+                    notice, status = t["pref_erase_needs_confirm"], 422
+                else:
+                    from contacts.services import erase_contact
+
+                    # Withdraw every consent first, so the timeline says why messages stopped.
+                    services.update_preferences(contact_id, {"email": False, "sms": False}, set(), _context())
+                    erase_contact(contact_id, method="preferences")
+                    return _message("pref_title", "pref_erased", lang=lang)
+            else:
+                channels = {"email": request.form.get("email") == "on", "sms": request.form.get("sms") == "on"}
+                topics = set(request.form.getlist("topics"))
+                services.update_preferences(contact_id, channels, topics, _context())
+                notice = t["pref_saved"]
+    prefs = services.preferences(contact_id)
+    return _page("optin/preferences.html", status, lang=lang, prefs=prefs, csrf=_csrf_token(), notice=notice,
+                 action=request.path)
+
+
+# --------------------------------------------------------------------------- Twilio inbound
+
+@bp.post("/webhooks/twilio/inbound")
+def twilio_inbound():
+    """STOP / START / HELP keywords. The signature is checked before anything is read."""
+    from twilio.twiml.messaging_response import MessagingResponse
+
+    from optin.twilio import check_twilio_signature
+
+    params = check_twilio_signature()
+    reply = services.sms_keyword(params.get("From", ""), params.get("Body", ""), params)
+    twiml = MessagingResponse()
+    if reply:
+        twiml.message(reply)
+    return Response(str(twiml), mimetype="application/xml")
