@@ -37,6 +37,7 @@ from envoi import MAX_ID
 from envoi.errors import EnvoiError
 from envoi.extensions import db
 from envoi.types import utcnow
+from campaigns.models import Delivery
 from segments.models import MessageEvent
 
 RULES = ("name_postcode", "name_birth_date", "company_postcode", "email_canonical", "phone_email_split")
@@ -51,7 +52,22 @@ REPOINT: list[tuple[type, sa.orm.InstrumentedAttribute]] = [
     # Consent proof is append-only for the ORM; a bulk UPDATE moves it without rewriting it.
     (ConsentEvent, ConsentEvent.contact_id),
     (MessageEvent, MessageEvent.contact_id),
+    # One delivery per (campaign, contact): _drop_duplicate_deliveries runs first.
+    (Delivery, Delivery.contact_id),
 ]
+
+
+
+def _drop_duplicate_deliveries(survivor_id: int, ids: list[int]) -> int:
+    """Where several of the merged contacts got the same campaign, keep one delivery (the
+    survivor's, else the oldest) so the (campaign, contact) uniqueness holds after the merge."""
+    rank = sa.case((Delivery.contact_id == survivor_id, 0), else_=1)
+    ranked = (sa.select(Delivery.id, sa.func.row_number().over(
+        partition_by=Delivery.campaign_id, order_by=(rank, Delivery.id)).label("n"))
+        .where(Delivery.contact_id.in_(ids)).subquery())
+    doomed = sa.select(ranked.c.id).where(ranked.c.n > 1)
+    return db.session.execute(sa.delete(Delivery).where(Delivery.id.in_(doomed))).rowcount
+
 
 # Which channel status a merged contact keeps: an opt-out on either side always stays.
 STATUS_RANK = {"none": 0, "pending": 1, "confirmed": 2, **{s: 3 for s in OPTED_OUT}}
@@ -233,7 +249,7 @@ def _merge(survivor_id: int, others: list[int], author_id) -> dict:
                               {"ids": f"contact(s) {', '.join(map(str, erased))} were erased"})
     survivor, merged = found[survivor_id], [found[i] for i in others]
 
-    moved = {}
+    moved = {"deliveries_dropped": _drop_duplicate_deliveries(survivor_id, ids)}
     for model, column in REPOINT:
         moved[model.__tablename__] = db.session.execute(
             sa.update(model).where(column.in_(others)).values({column: survivor_id})).rowcount

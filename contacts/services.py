@@ -594,7 +594,8 @@ def refresh_purchase_aggregates(contact_ids) -> None:
 
 
 def timeline(contact_id: int, cursor: str | None, limit: int) -> tuple[list[dict], str | None]:
-    """Everything that happened to a contact, newest first: actions, consents, purchases."""
+    """Everything that happened to a contact, newest first: actions, consents, purchases, and the
+    mailings and SMS of campaigns (from the deliveries)."""
     get_contact(contact_id)
     before = None
     if cursor:
@@ -626,6 +627,7 @@ def timeline(contact_id: int, cursor: str | None, limit: int) -> tuple[list[dict
             if before is not None and not key < before:
                 continue
             merged.append((key, {"type": name, "id": row.id, "at": at.isoformat(), **render(row)}))
+    merged += _delivery_entries(contact_id, before, limit + 1 + 50)
     merged.sort(key=lambda kv: kv[0], reverse=True)
     page = merged[:limit]
     nxt = None
@@ -633,6 +635,33 @@ def timeline(contact_id: int, cursor: str | None, limit: int) -> tuple[list[dict
         at, name, ident = page[-1][0]
         nxt = encode_cursor(f"{at.isoformat()}|{name}|{ident}")
     return [item for _, item in page], nxt
+
+
+def _delivery_entries(contact_id: int, before, limit: int) -> list:
+    """Mailings and SMS of campaigns, read from the deliveries (the delivery row is the action log).
+
+    A message is dated when it was sent, else when its row last changed (queued, skipped, failed).
+    """
+    from campaigns.models import Campaign, Delivery
+
+    at = sa.func.coalesce(Delivery.sent_at, Delivery.updated_at)
+    q = (sa.select(Delivery, Campaign.name, at.label("at")).join(Campaign, Campaign.id == Delivery.campaign_id)
+         .where(Delivery.contact_id == contact_id, at.isnot(None)))
+    if before is not None:
+        q = q.where(at <= before[0])
+    entries = []
+    for delivery, campaign_name, when in db.session.execute(q.order_by(at.desc(), Delivery.id.desc()).limit(limit)):
+        when = delivery.sent_at or delivery.updated_at  # typed (UTC-aware) whatever the backend
+        key = (when, "delivery", delivery.id)
+        if before is not None and not key < before:
+            continue
+        entries.append((key, {"type": "delivery", "id": delivery.id, "at": when.isoformat(),
+                              "kind": "mailing" if delivery.channel == "email" else "sms",
+                              "campaign_id": delivery.campaign_id, "campaign_name": campaign_name,
+                              "channel": delivery.channel, "status": delivery.status,
+                              "sent_at": _iso(delivery.sent_at), "error": delivery.error,
+                              "error_code": delivery.error_code}))
+    return entries
 
 
 # --- GDPR -------------------------------------------------------------------------------------

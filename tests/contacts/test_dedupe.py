@@ -221,6 +221,26 @@ def test_merge_refuses_erased_self_and_unknown(ctx):
     assert db.session.scalar(sa.select(sa.func.count(Action.id)).where(Action.kind == "merge")) == 0
 
 
+def test_merge_keeps_one_delivery_per_campaign(ctx):
+    from campaigns.models import Campaign, Delivery
+
+    survivor = person(email="s@example.org")
+    other = person(email="o@example.org")
+    both, only_other = Campaign(name="both", channel="email"), Campaign(name="other", channel="email")
+    db.session.add_all([both, only_other])
+    db.session.flush()
+    db.session.add_all([Delivery(campaign_id=both.id, contact_id=other, channel="email", status="sent"),
+                        Delivery(campaign_id=both.id, contact_id=survivor, channel="email", status="sent"),
+                        Delivery(campaign_id=only_other.id, contact_id=other, channel="email", status="sent")])
+    db.session.commit()
+
+    result = merge_contacts(survivor, [other])
+
+    assert result["moved"]["deliveries_dropped"] == 1 and result["moved"]["deliveries"] == 1
+    rows = db.session.execute(sa.select(Delivery.campaign_id, Delivery.contact_id).order_by(Delivery.campaign_id)).all()
+    assert rows == [(both.id, survivor), (only_other.id, survivor)]
+
+
 def test_every_table_pointing_at_contacts_is_merged(ctx):
     handled = {model.__table__.name for model, _ in REPOINT} | {ContactTopic.__tablename__}
     pointing = {table.name for table in db.metadata.sorted_tables

@@ -1,0 +1,345 @@
+"""Dispatch end to end on the StubBroker with a Dramatiq worker in-thread, a real SMTP server
+(aiosmtpd) and the fake Twilio API: launch, send-time consent, pause/resume/cancel, retries,
+bounces, auto-pause, quiet hours, relaunch, timeline, statements per batch."""
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from campaigns import dispatch
+from campaigns.models import Campaign, Delivery
+from contacts.models import Contact
+from envoi.errors import Conflict, ValidationError
+from envoi.extensions import db
+from envoi.types import utcnow
+from segments.models import MessageEvent
+from tests.campaigns.dispatch_fixtures import (_clean_campaign_keys, make_campaign, make_contacts,  # noqa: F401
+                                               quiet_off, run_worker, stub_broker)
+from tests.conftest import configured
+
+
+def deliveries(campaign_id: int) -> dict[int, Delivery]:
+    db.session.expire_all()
+    return {d.contact_id: d for d in db.session.scalars(sa.select(Delivery).where(Delivery.campaign_id == campaign_id))}
+
+
+def test_personalised_send_to_a_segment_logged_on_the_timeline(app, ctx, smtp_server, run_worker):
+    from contacts.services import timeline, update_contact
+
+    lyon = make_contacts(3)
+    make_contacts(2, city="Paris", start=10)
+    unsubscribed, erased = make_contacts(2, start=20)
+    db.session.execute(sa.update(Contact).where(Contact.id == unsubscribed).values(email_status="unsubscribed"))
+    db.session.execute(sa.update(Contact).where(Contact.id == erased).values(erased_at=utcnow()))
+    db.session.commit()
+    campaign_id = make_campaign()
+
+    campaign = dispatch.launch(campaign_id)
+    assert campaign.status == "sending" and campaign.targeted == 3
+    run_worker()
+
+    received = {m["to"][0]: m["message"] for m in smtp_server.messages}
+    assert sorted(received) == [f"person{i}@example.org" for i in range(3)]
+    for i in range(3):
+        msg = received[f"person{i}@example.org"]
+        assert msg["Subject"] == f"Bonjour Ada{i}"
+        assert f"Bonjour Ada{i}, les soldes à Lyon." in msg.get_body(("plain",)).get_content()
+    stats = dispatch.stats(campaign_id)
+    assert {k: stats[k] for k in ("targeted", "sent", "failed", "bounced", "skipped", "queued", "status")} == {
+        "targeted": 3, "sent": 3, "failed": 0, "bounced": 0, "skipped": 0, "queued": 0, "status": "sent"}
+    db.session.expire_all()
+    assert db.session.get(Campaign, campaign_id).finished_at is not None
+    events = db.session.execute(sa.select(MessageEvent.contact_id, MessageEvent.kind, MessageEvent.campaign_id)).all()
+    assert sorted(events) == [(cid, "sent", campaign_id) for cid in lyon]
+
+    items, _ = timeline(lyon[0], None, 20)
+    (mailing,) = [i for i in items if i["type"] == "delivery"]
+    assert mailing["campaign_id"] == campaign_id and mailing["campaign_name"] == "Soldes"
+    assert (mailing["channel"], mailing["status"], mailing["error"]) == ("email", "sent", None)
+    assert mailing["sent_at"] is not None
+    update_contact(lyon[0], {"city": "Lyon"})  # the timeline keeps working next to other entries
+    assert [i["type"] for i in timeline(lyon[0], None, 20)[0]].count("delivery") == 1
+
+
+def test_who_unsubscribes_after_launch_gets_nothing(app, ctx, smtp_server, run_worker):
+    ids = make_contacts(4)
+    campaign_id = make_campaign()
+    dispatch.launch(campaign_id)
+    # Between the launch and the batch: one unsubscribes, one is erased (suppressed).
+    from contacts.services import erase_contact
+
+    db.session.execute(sa.update(Contact).where(Contact.id == ids[1]).values(email_status="unsubscribed"))
+    db.session.commit()
+    erase_contact(ids[2])
+    run_worker()
+    assert sorted(m["to"][0] for m in smtp_server.messages) == ["person0@example.org", "person3@example.org"]
+    rows = deliveries(campaign_id)
+    assert (rows[ids[1]].status, rows[ids[1]].error) == ("skipped", "email status is unsubscribed")
+    assert rows[ids[2]].status == "skipped"
+    stats = dispatch.stats(campaign_id)
+    assert (stats["sent"], stats["skipped"], stats["status"]) == (2, 2, "sent")
+
+
+def test_topic_audience_and_exclusions(app, ctx, smtp_server, run_worker):
+    from contacts.models import ContactTopic
+    from contacts.services import create_topic
+    from segments.services import create_segment
+
+    ids = make_contacts(4)
+    topic = create_topic("news", "News")
+    db.session.add_all([ContactTopic(contact_id=i, topic_id=topic.id, subscribed=True) for i in ids[:3]])
+    db.session.commit()
+    vip = create_segment("not these", {"field": "first_name", "op": "eq", "value": "Ada0"})
+    campaign_id = make_campaign(topic_id=topic.id, exclude_segment_ids=[vip.id])
+    assert dispatch.launch(campaign_id).targeted == 2  # Ada1, Ada2
+    # Ada2 leaves the topic before the batch runs.
+    db.session.execute(sa.update(ContactTopic).where(ContactTopic.contact_id == ids[2]).values(subscribed=False))
+    db.session.commit()
+    run_worker()
+    assert [m["to"][0] for m in smtp_server.messages] == ["person1@example.org"]
+    assert deliveries(campaign_id)[ids[2]].error == "unsubscribed from the topic"
+
+
+def test_launch_refusals(app, ctx):
+    make_contacts(1)
+    campaign_id = make_campaign()
+    db.session.execute(sa.update(Campaign).where(Campaign.id == campaign_id).values(segment_id=None))
+    db.session.commit()
+    with pytest.raises(ValidationError) as err:
+        dispatch.launch(campaign_id)
+    assert "segment_id" in err.value.fields
+    other = make_campaign(name="Other")
+    dispatch.cancel(dispatch.launch(other, at=utcnow() + timedelta(days=1)).id)
+    for call in (dispatch.launch, dispatch.pause, dispatch.resume, dispatch.cancel):
+        with pytest.raises(Conflict):
+            call(other)
+
+
+def test_pause_resume_cancel(app, ctx, smtp_server, run_worker):
+    make_contacts(6)
+    campaign_id = make_campaign()
+    with configured(app, CAMPAIGN_BATCH_SIZE=2):
+        dispatch.launch(campaign_id)
+        dispatch.pause(campaign_id)
+        run_worker()  # the batches find the campaign paused: they claim nothing
+        assert smtp_server.messages == [] and dispatch.stats(campaign_id)["queued"] == 6
+        assert dispatch.resume(campaign_id).status == "sending"
+        run_worker()
+    assert len(smtp_server.messages) == 6 and dispatch.stats(campaign_id)["status"] == "sent"
+
+    other = make_campaign(name="Other")
+    dispatch.launch(other)
+    assert dispatch.cancel(other).status == "cancelled"
+    run_worker()
+    assert len(smtp_server.messages) == 6
+    stats = dispatch.stats(other)
+    assert (stats["queued"], stats["sent"], stats["status"]) == (6, 0, "cancelled")
+
+
+def test_pause_takes_effect_mid_batch_and_resume_sends_the_rest_once(app, ctx, smtp_server):
+    """A batch of 40 held at 20 messages/s: a pause after the first messages stops it at once;
+    the rest goes back to the queue and resume sends it, each message exactly once."""
+    make_contacts(40)
+    campaign_id = make_campaign()
+    with configured(app, CAMPAIGN_BATCH_SIZE=40, EMAIL_RATE_PER_SECOND=20):
+        dispatch.launch(campaign_id)
+        lo, hi = db.session.execute(sa.select(sa.func.min(Delivery.id), sa.func.max(Delivery.id))).one()
+
+        def batch():
+            with app.app_context():
+                dispatch.deliver_batch(campaign_id, lo, hi)
+
+        thread = threading.Thread(target=batch)
+        thread.start()
+        smtp_server.wait_for(3)
+        dispatch.pause(campaign_id)
+        thread.join(30)
+        sent_before_resume = len(smtp_server.messages)
+        stats = dispatch.stats(campaign_id)
+        assert stats["status"] == "paused" and stats["sent"] == sent_before_resume < 40
+        assert stats["queued"] == 40 - sent_before_resume and stats["sending"] == 0
+        dispatch.resume(campaign_id)
+        dispatch.deliver_batch(campaign_id, lo, hi)
+    addresses = [m["to"][0] for m in smtp_server.messages]
+    assert len(addresses) == len(set(addresses)) == 40
+    assert dispatch.stats(campaign_id)["status"] == "sent"
+
+
+def test_transient_sms_error_is_retried_then_sent(app, ctx, fake_twilio, quiet_off, run_worker):
+    ids = make_contacts(2, channel="sms")
+    campaign_id = make_campaign(channel="sms")
+    fake_twilio.fail_next = [(503, 20503)]
+    dispatch.launch(campaign_id)
+    run_worker()
+    assert sorted(m["To"] for m in fake_twilio.messages) == ["+33610000000", "+33610000001"]
+    assert fake_twilio.requests == 3
+    rows = deliveries(campaign_id)
+    assert sorted(r.attempts for r in rows.values()) == [1, 2]
+    assert all(r.status == "sent" and r.provider_id.startswith("SM") for r in rows.values())
+    assert "Bonjour Ada0" in fake_twilio.messages[0]["Body"] or "Bonjour Ada1" in fake_twilio.messages[0]["Body"]
+    assert dispatch.stats(campaign_id)["status"] == "sent" and ids
+
+
+def test_transient_email_error_until_max_attempts_then_failed(app, ctx, smtp_server, quiet_off, run_worker):
+    ids = make_contacts(2)
+    smtp_server.refuse["person1@example.org"] = (451, "mailbox busy, try later")
+    campaign_id = make_campaign()
+    with configured(app, DELIVERY_MAX_ATTEMPTS=3):
+        dispatch.launch(campaign_id)
+        run_worker()
+    rows = deliveries(campaign_id)
+    assert (rows[ids[0]].status, rows[ids[0]].attempts) == ("sent", 1)
+    failed = rows[ids[1]]
+    assert (failed.status, failed.attempts, failed.error_code) == ("failed", 3, 451)
+    assert "try later" in failed.error
+    assert db.session.get(Contact, ids[1]).email_status == "confirmed"  # not a bounce
+    stats = dispatch.stats(campaign_id)
+    assert (stats["sent"], stats["failed"], stats["status"]) == (1, 1, "sent")
+
+
+def test_hard_bounce_marks_the_contact_and_stops_email(app, ctx, smtp_server, run_worker):
+    ids = make_contacts(3)
+    smtp_server.refuse["person1@example.org"] = (550, "no such user")
+    campaign_id = make_campaign()
+    dispatch.launch(campaign_id)
+    run_worker()
+    bounced = deliveries(campaign_id)[ids[1]]
+    assert (bounced.status, bounced.error_code, bounced.attempts) == ("bounced", 550, 1)
+    assert "no such user" in bounced.error
+    contact = db.session.get(Contact, ids[1])
+    assert contact.email_status == "bounced" and contact.email_status_at is not None
+    kinds = db.session.execute(sa.select(MessageEvent.contact_id, MessageEvent.kind)).all()
+    assert (ids[1], "bounced") in kinds and (ids[1], "sent") not in kinds
+    assert dispatch.stats(campaign_id)["bounced"] == 1
+    # The next campaign does not target the address any more.
+    assert dispatch.launch(make_campaign(name="Next")).targeted == 2
+
+
+def test_sms_permanent_errors_update_the_contact(app, ctx, fake_twilio, quiet_off, run_worker):
+    ids = make_contacts(3, channel="sms")
+    fake_twilio.fail["+33610000000"] = (400, 21610)
+    fake_twilio.fail["+33610000001"] = (400, 21211)
+    campaign_id = make_campaign(channel="sms")
+    dispatch.launch(campaign_id)
+    run_worker()
+    rows = deliveries(campaign_id)
+    assert [(rows[i].status, rows[i].error_code) for i in ids] == [("failed", 21610), ("failed", 21211), ("sent", None)]
+    assert [db.session.get(Contact, i).sms_status for i in ids] == ["unsubscribed", "invalid", "confirmed"]
+
+
+def test_campaign_pauses_itself_on_its_error_rate(app, ctx, smtp_server, run_worker):
+    make_contacts(40)
+    for i in range(25):
+        smtp_server.refuse[f"person{i}@example.org"] = (550, "no such user")
+    campaign_id = make_campaign()
+    with configured(app, CAMPAIGN_BATCH_SIZE=10, CAMPAIGN_PAUSE_ERROR_RATE=0.2):
+        dispatch.launch(campaign_id)
+        run_worker(threads=1)  # batches in order: the first two fail, the pause stops the rest
+    stats = dispatch.stats(campaign_id)
+    assert stats["status"] == "paused"
+    assert stats["status_reason"].startswith("paused automatically: 20 of the last 20 messages failed")
+    assert "no such user" in stats["status_reason"]
+    assert (stats["bounced"], stats["sent"], stats["queued"]) == (20, 0, 20)
+
+
+def test_quiet_hours_delay_sms_until_the_next_allowed_slot(app, ctx, fake_twilio, quiet_off, run_worker):
+    ids = make_contacts(2, channel="sms", timezone="UTC")
+    now = utcnow()
+    window = f"{(now - timedelta(hours=1)):%H:%M}-{(now + timedelta(hours=1)):%H:%M}"
+    campaign_id = make_campaign(channel="sms")
+    with configured(app, SMS_QUIET_HOURS=(window[:5], window[6:])):
+        dispatch.launch(campaign_id)
+        run_worker()
+    assert fake_twilio.messages == []
+    rows = deliveries(campaign_id)
+    for contact_id in ids:
+        row = rows[contact_id]
+        assert (row.status, row.attempts) == ("queued", 0)
+        assert now + timedelta(minutes=50) < row.next_attempt_at <= now + timedelta(minutes=61)
+    assert dispatch.stats(campaign_id)["status"] == "sending"
+    # An hour later the slot is open (and the campaign's heartbeat in Redis long expired):
+    # the scheduler's requeue finds the due rows.
+    db.session.execute(sa.update(Delivery).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    redis.Redis.from_url(app.config["REDIS_URL"]).delete(f"envoi:campaign:{campaign_id}:alive")
+    assert dispatch.requeue_due()["requeued"] >= 1
+    run_worker()
+    assert len(fake_twilio.messages) == 2 and dispatch.stats(campaign_id)["status"] == "sent"
+
+
+def test_relaunch_is_idempotent(app, ctx, smtp_server, run_worker):
+    make_contacts(3)
+    campaign_id = make_campaign()
+    dispatch.launch(campaign_id)
+    run_worker()
+    make_contacts(1, start=3)
+    # As if the campaign were launched again (a retried request, an operator's mistake).
+    db.session.execute(sa.update(Campaign).where(Campaign.id == campaign_id).values(status="draft"))
+    db.session.commit()
+    assert dispatch.launch(campaign_id).targeted == 4
+    run_worker()
+    addresses = sorted(m["to"][0] for m in smtp_server.messages)
+    assert addresses == [f"person{i}@example.org" for i in range(4)]
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Delivery)) == 4
+
+
+def test_scheduled_campaign_starts_when_due(app, ctx, smtp_server, run_worker):
+    make_contacts(2)
+    campaign_id = make_campaign()
+    campaign = dispatch.launch(campaign_id, at=utcnow() + timedelta(hours=2))
+    assert campaign.status == "scheduled"
+    assert dispatch.requeue_due()["started"] == 0
+    db.session.execute(sa.update(Campaign).values(send_at=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    assert dispatch.requeue_due()["started"] == 1
+    run_worker()
+    assert len(smtp_server.messages) == 2 and dispatch.stats(campaign_id)["status"] == "sent"
+
+
+def test_a_lost_batch_is_requeued_and_an_expired_lease_reclaimed(app, ctx, smtp_server, stub_broker, run_worker):
+    ids = make_contacts(3)
+    campaign_id = make_campaign()
+    dispatch.launch(campaign_id)
+    stub_broker.flush_all()  # the broker lost the batch
+    # And a worker died holding one row: its lease expired.
+    db.session.execute(sa.update(Delivery).where(Delivery.contact_id == ids[0]).values(
+        status="sending", attempts=1, lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    report = dispatch.requeue_due()
+    assert report["reclaimed"] == 1 and report["requeued"] == 1
+    run_worker()
+    assert len(smtp_server.messages) == 3
+    stats = dispatch.stats(campaign_id)
+    assert (stats["sent"], stats["duplicates_possible"], stats["status"]) == (3, 1, "sent")
+
+
+def test_statements_per_batch_do_not_grow_with_its_size(app, ctx, smtp_server):
+    """One batch = a fixed number of SQL statements, whatever its size (bulk claim, re-check,
+    executemany results, bulk events and contact statuses)."""
+    counts = {}
+    for size, start in ((5, 0), (60, 100)):
+        make_contacts(size, start=start, city=f"City{size}")
+        smtp_server.refuse[f"person{start}@example.org"] = (550, "no such user")
+        campaign_id = make_campaign(name=f"Batch of {size}", rules={"field": "city", "op": "eq", "value": f"City{size}"})
+        with configured(app, CAMPAIGN_BATCH_SIZE=size, CAMPAIGN_PAUSE_ERROR_RATE=1.0):
+            dispatch.launch(campaign_id)
+            lo, hi = db.session.execute(sa.select(sa.func.min(Delivery.id), sa.func.max(Delivery.id))
+                                        .where(Delivery.campaign_id == campaign_id)).one()
+            db.session.remove()
+            statements = []
+
+            def count(conn, cursor, statement, parameters, context, executemany):
+                statements.append(statement.split(None, 1)[0])
+
+            sa.event.listen(db.engine, "before_cursor_execute", count)
+            try:
+                outcome = dispatch.deliver_batch(campaign_id, lo, hi)
+            finally:
+                sa.event.remove(db.engine, "before_cursor_execute", count)
+        assert outcome == {"sent": size - 1, "bounced": 1}
+        counts[size] = statements
+    assert len(counts[5]) == len(counts[60]) <= 12, counts
