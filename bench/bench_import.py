@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, machine_lines, percentile, postgres_version, run_timed, write_section  # noqa: E402
+from bench.common import ROOT, fresh_database, machine_lines, percentile, postgres_version, run_timed, write_section  # noqa: E402
 
 DATA = ROOT / "bench" / "data"
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1/envoi_bench"
@@ -88,16 +88,6 @@ def generate(path: Path, rows: int, phone_share: float, seed: int = 42) -> None:
     tmp.replace(path)
 
 
-def fresh_database(url: str) -> None:
-    import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
-
-    target = make_url(url)
-    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
-    admin.dispose()
 
 
 def flask_env(url: str, instance: str) -> dict:

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 from statistics import median
 
 import sqlalchemy as sa
 
-from bench.common import ROOT, machine_lines, percentile, postgres_version, write_section
+from bench.common import log, machine_lines, percentile, postgres_version, reset_and_migrate, write_section
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1/envoi_bench_segments"
 
@@ -86,23 +84,6 @@ FROM (SELECT contact_id, count(*) AS n, sum(amount) AS total, min(occurred_at) A
       FROM purchases GROUP BY contact_id) s
 WHERE c.id = s.contact_id
 """
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def reset_and_migrate(url: str) -> None:
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text("DROP SCHEMA IF EXISTS public CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA public"))
-    engine.dispose()
-    env = {**os.environ, "ENVOI_DATABASE_URL": url, "ENVOI_BROKER": "stub"}
-    flask = [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"]
-    out = subprocess.run(flask, cwd=ROOT, env=env, capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"flask db upgrade failed:\n{out.stdout}\n{out.stderr}")
 
 
 def fill(url: str, contacts: int, purchases: int) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -135,3 +136,57 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def reset_and_migrate(url: str) -> None:
+    """Drop and recreate the public schema, then `flask db upgrade` in a subprocess, as in production."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+    env = {**os.environ, "ENVOI_DATABASE_URL": url, "ENVOI_BROKER": "stub"}
+    flask = [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"]
+    out = subprocess.run(flask, cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"flask db upgrade failed:\n{out.stdout}\n{out.stderr}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fresh_database(url: str) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    from envoi.run import redis_answers, redis_binary
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    proc = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not redis_answers(url):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit("could not start the venv's redis-server")
+        time.sleep(0.1)
+    return proc, url
