@@ -652,7 +652,10 @@ def _dialect() -> str:
 # --- jobs (API uploads run by a worker) -------------------------------------------------------
 
 def create_job(filename: str, path: str, *, topic: str | None, author_id: int | None) -> ImportJob:
-    """Record an uploaded file as a queued import; the worker is enqueued after the commit."""
+    """Record an uploaded file as a queued import, flushed but not committed.
+
+    The caller answers from the job before committing: once committed, a worker may already be
+    running it, and the answer is what was accepted. The worker is enqueued by the commit."""
     from envoi.tasks import enqueue_after_commit
     from workers.actors import run_import
 
@@ -661,7 +664,6 @@ def create_job(filename: str, path: str, *, topic: str | None, author_id: int | 
     db.session.add(job)
     db.session.flush()
     enqueue_after_commit(run_import, job.id)
-    db.session.commit()
     return job
 
 

@@ -58,7 +58,9 @@ def upload():
         os.remove(path)
         raise
     job = importer.create_job(os.path.basename(upload.filename), path, topic=topic, author_id=g.user.id)
-    return _job_dict(job), 202
+    accepted = _job_dict(job)
+    db.session.commit()
+    return accepted, 202
 
 
 @imports_blp.route("/<id:job_id>")
