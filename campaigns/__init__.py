@@ -10,5 +10,9 @@ def register(app, api) -> None:
     from campaigns.cli import campaigns_cli
 
     app.register_blueprint(webhooks.bp)
+    from campaigns import analytics_api, tracking_views
+
+    app.register_blueprint(tracking_views.bp)
+    api.register_blueprint(analytics_api.blp, url_prefix="/api/v1")
     api.register_blueprint(campaigns_api.blp, url_prefix="/api/v1" + campaigns_api.blp.url_prefix)
     app.cli.add_command(campaigns_cli)

@@ -468,7 +468,7 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
                 if channel == "email":
                     message = template.email(contact, delivery_id=row.id)
                 else:
-                    body = template.sms(contact)
+                    body = template.sms(contact, track=True)
             except Exception as err:  # noqa: BLE001  (a template that fails on this contact's data)
                 result(row, "failed", error=f"rendering failed: {err}"[:2000])
                 failures += 1

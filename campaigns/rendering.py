@@ -379,6 +379,7 @@ class CompiledCampaign:
     def __init__(self, campaign, config: dict):
         self.campaign_id = campaign.id
         self.channel = campaign.channel
+        self.track = bool(getattr(campaign, "track", True))
         self.sender = campaign.sender or config["EMAIL_FROM"]
         self.config = config
         self.templates: dict = {}
@@ -480,6 +481,11 @@ class CompiledCampaign:
         """
         ctx = self.context(contact)
         parts = self.render_email(contact, ctx)
+        if delivery_id is not None and self.campaign_id:  # test sends are not tracked
+            from campaigns.tracking import track_email, tracked
+
+            if tracked(self.track, contact):
+                parts = track_email(parts, self.campaign_id, contact.id)
         recipient = to or contact.email
         if not recipient:
             raise RenderError("email", None, "the contact has no email address")
@@ -509,9 +515,16 @@ class CompiledCampaign:
             body = f"{body}\n{self.optout}" if body else self.optout
         return body
 
-    def sms(self, contact) -> str:
-        """The SMS body for one contact, the opt-out mention appended (marketing SMS)."""
-        return self.render_sms(contact)
+    def sms(self, contact, *, track: bool = False) -> str:
+        """The SMS body for one contact, the opt-out mention appended (marketing SMS); `track`
+        (a real send) shortens its links to BASE_URL/s/<code> when tracking is on."""
+        body = self.render_sms(contact)
+        if track and self.campaign_id:
+            from campaigns.tracking import shorten_sms, tracked
+
+            if tracked(self.track, contact):
+                body = shorten_sms(body, self.campaign_id, contact.id)
+        return body
 
 
 # ---------------------------------------------------------------- MIME, fast
@@ -651,7 +664,8 @@ CACHE_SIZE = 32
 
 
 def _key(campaign, config: dict) -> tuple:
-    content = hashlib.blake2b(repr(tuple(getattr(campaign, f) for f in (*FIELDS, "sender", "channel"))).encode(),
+    fields = (*FIELDS, "sender", "channel", "track")
+    content = hashlib.blake2b(repr(tuple(getattr(campaign, f, None) for f in fields)).encode(),
                               digest_size=16).digest()
     return campaign.id, campaign.updated_at, content, tuple(config.get(k) for k in _CONFIG_KEYS)
 

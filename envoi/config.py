@@ -163,6 +163,8 @@ def load_config(env: dict | None = None) -> dict:
         "TWILIO_API_BASE": _check_http_url("ENVOI_TWILIO_API_BASE",
                                            env.get("ENVOI_TWILIO_API_BASE") or "https://api.twilio.com"),
         "OPTIN_TOKEN_MAX_AGE": _int(env, "ENVOI_OPTIN_TOKEN_MAX_AGE", 604800, minimum=60),
+        # Days after a click (or a delivery) in which a purchase is credited to the campaign.
+        "CONVERSION_WINDOW_DAYS": _int(env, "ENVOI_CONVERSION_WINDOW_DAYS", 7, minimum=1),
         "DEFAULT_REGION": region,
         "API_PAGE_MAX": _int(env, "ENVOI_API_PAGE_MAX", 500, minimum=1),
         "IMPORT_DIR": str(instance / "imports"),

@@ -50,7 +50,9 @@ class MessageEvent(db.Model):
         sa.CheckConstraint(f"channel IN {_in(CHANNELS)}", name="channel"),
         sa.CheckConstraint(f"kind IN {_in(MESSAGE_EVENT_KINDS)}", name="kind"),
         sa.Index("ix_message_events_contact_id_kind_occurred_at", "contact_id", "kind", "occurred_at"),
-        sa.Index("ix_message_events_campaign_id_kind", "campaign_id", "kind"),
+        # Campaign reports (unique human opens and clicks, timeline) read only this index (migration 0006).
+        sa.Index("ix_message_events_campaign_id_kind_is_bot", "campaign_id", "kind", "is_bot", "contact_id",
+                 "occurred_at"),
     )
 
 

@@ -1,0 +1,263 @@
+"""/api/v1/analytics/... and /api/v1/campaigns/{id}/report: every figure as JSON, or CSV (?format=csv).
+
+Date range: `?from=` and `?to=` (ISO dates or times with an offset; a date means its midnight UTC;
+`to` is exclusive). A bad date is a 422 naming the field. CSV: one table per answer, chosen by
+`?table=` (each endpoint lists its tables; the first is the default); scalars come as metric,value rows.
+
+    GET /campaigns/{id}/report        tables: summary, timeline, top_links
+    PUT /campaigns/{id}/tracking      {"track": true|false}  (marketer)
+    GET /analytics/campaigns          tables: campaigns
+    GET /analytics/customers          tables: summary
+    GET /analytics/portfolio          rfm grid + pareto + small customers with potential (JSON only)
+    GET /analytics/rfm                tables: cells, groups
+    GET /analytics/pareto             tables: classes, summary
+    GET /analytics/potential          tables: top, summary
+    GET /analytics/audience           growth + funnel + unsubscribes + freshness (JSON only)
+    GET /analytics/growth             tables: months, summary
+    GET /analytics/funnel             tables: by_form, by_source, summary
+    GET /analytics/unsubscribes       tables: reasons
+    GET /analytics/freshness          tables: summary
+"""
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, datetime, time, timezone
+
+from flask import Response, jsonify, request
+from flask_smorest import Blueprint
+
+from envoi.api import SECURITY, json_object
+from envoi.auth.api import require
+from envoi.errors import ValidationError
+
+blp = Blueprint("analytics", __name__, description="Tracking reports and analytics")
+
+_RANGE_DOC = [{"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"},
+               "description": "start (ISO date or time), inclusive"},
+              {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"},
+               "description": "end (ISO date or time), exclusive"},
+              {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]}},
+              {"name": "table", "in": "query", "schema": {"type": "string"}, "description": "CSV: which table"}]
+
+
+def _when(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    text = raw.strip()
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(), tzinfo=timezone.utc)
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError("invalid date", {name: "expected an ISO date (2026-01-31) or time with its offset"}) \
+            from None
+    if value.tzinfo is None:
+        raise ValidationError("invalid date", {name: "a time needs its offset (Z or +01:00)"})
+    if not 1900 <= value.year <= 9999:
+        raise ValidationError("invalid date", {name: "out of range"})
+    return value.astimezone(timezone.utc)
+
+
+def _range() -> tuple[datetime | None, datetime | None]:
+    start, end = _when("from"), _when("to")
+    if start is not None and end is not None and end <= start:
+        raise ValidationError("invalid date range", {"to": "must be after from"})
+    return start, end
+
+
+def _summary(data: dict) -> list[dict]:
+    rows = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            rows += [{"metric": f"{key}.{k}", "value": v} for k, v in value.items() if not isinstance(v, (dict, list))]
+        elif not isinstance(value, list):
+            rows.append({"metric": key, "value": value})
+    return rows
+
+
+def _answer(data: dict, tables: dict | None = None):
+    """JSON, or the CSV of one table (`tables`: name -> function of the data giving a list of dicts)."""
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "csv") or (fmt == "csv" and not tables):
+        raise ValidationError("invalid format", {"format": "expected json" + (" or csv" if tables else "")})
+    if fmt == "json":
+        return jsonify(data)
+    name = request.args.get("table") or next(iter(tables))
+    if name not in tables:
+        raise ValidationError("unknown table", {"table": f"expected one of {', '.join(tables)}"})
+    rows = tables[name](data)
+    out = io.StringIO()
+    columns = list(rows[0]) if rows else ["metric", "value"]
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    response = Response(out.getvalue(), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{request.path.rsplit("/", 1)[-1]}-{name}.csv"'
+    return response
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        import json
+
+        return json.dumps(value, ensure_ascii=False)
+    text = str(value)
+    # A spreadsheet must not run what a URL or a name holds (CSV injection).
+    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _number(text) else text
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------- campaigns
+
+@blp.route("/campaigns/<id:campaign_id>/report")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC)
+def campaign_report(campaign_id):
+    """Delivered, unique human opens and clicks, CTR, unsubscribes, bounces, conversions and revenue,
+    timeline (hourly for 48 h, then daily), top links."""
+    from campaigns.reports import campaign_report as report
+
+    start, end = _range()
+    data = report(campaign_id, start, end)
+    return _answer(data, {"summary": _summary, "timeline": lambda d: d["timeline"],
+                          "top_links": lambda d: d["top_links"]})
+
+
+@blp.route("/campaigns/<id:campaign_id>/tracking", methods=["PUT"])
+@require("marketer")
+@blp.doc(security=SECURITY)
+def campaign_tracking(campaign_id):
+    """Switch open and click tracking of a campaign: {"track": true|false}."""
+    from campaigns.tracking import set_campaign_tracking
+
+    body = json_object()
+    if not isinstance(body.get("track"), bool):
+        raise ValidationError("invalid tracking switch", {"track": "expected true or false"})
+    return jsonify(set_campaign_tracking(campaign_id, body["track"]))
+
+
+@blp.route("/analytics/campaigns")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC)
+def campaigns_overview():
+    """One line per campaign started in the range: delivered, unique opens and clicks, rates."""
+    from campaigns.reports import campaigns_overview as overview
+
+    start, end = _range()
+    data = {"from": start and start.isoformat(), "to": end and end.isoformat(), "items": overview(start, end)}
+    return _answer(data, {"campaigns": lambda d: d["items"]})
+
+
+# ---------------------------------------------------------------- customers
+
+@blp.route("/analytics/customers")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC)
+def customers():
+    """Revenue, customers, revenue per customer, purchase frequency, retention (default: the last 365 days)."""
+    from contacts import kpis
+
+    start, end = _range()
+    return _answer(kpis.customers_report(start, end), {"summary": _summary})
+
+
+@blp.route("/analytics/portfolio")
+@require("viewer")
+@blp.doc(security=SECURITY)
+def portfolio():
+    """RFM grid, ABC/Pareto and small customers with potential (lifetime purchases)."""
+    from contacts import kpis
+
+    return _answer(kpis.portfolio_report())
+
+
+@blp.route("/analytics/rfm")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC[2:])
+def rfm_grid():
+    from contacts import kpis
+
+    return _answer(kpis.rfm_grid(), {"cells": lambda d: d["cells"], "groups": lambda d: d["groups"]})
+
+
+@blp.route("/analytics/pareto")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC[2:])
+def pareto():
+    from contacts import kpis
+
+    return _answer(kpis.pareto(), {"classes": lambda d: d["classes"], "summary": _summary})
+
+
+@blp.route("/analytics/potential")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC[2:])
+def potential():
+    from contacts import kpis
+
+    return _answer(kpis.small_with_potential(), {"top": lambda d: d["top"], "summary": _summary})
+
+
+# ---------------------------------------------------------------- audience
+
+@blp.route("/analytics/audience")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC[:2])
+def audience():
+    """Subscriber growth, opt-in funnel, unsubscribes, data freshness."""
+    from contacts import kpis
+
+    start, end = _range()
+    return _answer(kpis.audience_report(start, end))
+
+
+@blp.route("/analytics/growth")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC)
+def growth():
+    from contacts import kpis
+
+    start, end = _range()
+    return _answer(kpis.subscriber_growth(start, end), {"months": lambda d: d["months"], "summary": _summary})
+
+
+@blp.route("/analytics/funnel")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC)
+def funnel():
+    from contacts import kpis
+
+    start, end = _range()
+    return _answer(kpis.optin_funnel(start, end), {"by_form": lambda d: d["by_form"],
+                                                   "by_source": lambda d: d["by_source"], "summary": _summary})
+
+
+@blp.route("/analytics/unsubscribes")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC)
+def unsubscribes():
+    from contacts import kpis
+
+    start, end = _range()
+    return _answer(kpis.unsubscribe_reasons(start, end), {"reasons": lambda d: d["reasons"]})
+
+
+@blp.route("/analytics/freshness")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC[2:])
+def freshness():
+    from contacts import kpis
+
+    return _answer(kpis.data_freshness(), {"summary": _summary})

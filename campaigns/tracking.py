@@ -1,0 +1,364 @@
+"""Open and click tracking: signed tokens, link rewriting, the pixel, SMS short links, bot heuristics.
+
+An email is tracked when its campaign has `track` on and its contact has not refused tracking
+(preference centre). Then, once the message is rendered:
+
+    every http(s) link (HTML href and bare URLs of the text part) becomes BASE_URL/t/c/<token>,
+    except our own unsubscribe and preference-centre links, and a 1x1 pixel BASE_URL/t/o/<token>.gif
+    is added to the HTML.
+
+A token is signed (itsdangerous, its own salt per purpose) and carries the campaign, the contact,
+the time the message was rendered and, for a click, the URL itself: the redirect goes only to a
+URL we wrote into a message, and a forged or altered token is a 404, never a redirect. No lookup
+is needed to follow a click: recording is one INSERT.
+
+SMS links become BASE_URL/s/<code>; the code is derived from (campaign, contact, url) with an HMAC,
+so rendering the same message twice gives the same code, and the row (short_links) is written by
+its own transaction before the message leaves. A click is one UPDATE ... RETURNING (the count)
+and one INSERT (the event).
+
+Machine events are kept but flagged `is_bot` (rates and engagement segments ignore them):
+Apple Mail Privacy Protection prefetches (Apple's 17.0.0.0/8 proxies, its bare "Mozilla/5.0"
+user agent), security scanners and link previewers (user agents), and anything that hits the
+message within BOT_SECONDS of its sending — a person does not open and click within seconds,
+a scanner that fetches every link on arrival does.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html as htmllib
+import ipaddress
+import re
+from datetime import datetime
+
+import sqlalchemy as sa
+from flask import current_app
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from envoi.extensions import db
+from envoi.types import utcnow
+
+SALTS = {"open": "envoi.tracking.open.v1", "click": "envoi.tracking.click.v1", "short": "envoi.tracking.short.v1"}
+BOT_SECONDS = 10          # events this soon after sending are a scanner or a prefetch
+MAX_URL = 2000            # longer links are left as they are
+PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00"
+         b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
+_URL = re.compile(r"""https?://[^\s<>"'()\[\]]+[^\s<>"'()\[\].,;:!?]""", re.I)
+_BODY_END = re.compile(r"</body\s*>", re.I)
+_BOT_UA = re.compile(
+    r"bot\b|bot/|crawl|spider|slurp|python-|curl/|wget|go-http|java/|okhttp|libwww|httpclient|headless|phantom"
+    r"|barracuda|mimecast|proofpoint|symantec|messagelabs|forcepoint|trendmicro|sophos|fireeye|ironport"
+    r"|safelinks|linkscan|scanner|preview|facebookexternalhit|whatsapp|slackbot|skypeuripreview",
+    re.I)
+_APPLE = ipaddress.ip_network("17.0.0.0/8")
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+class TokenInvalid(Exception):
+    """Tampered, truncated, signed for another purpose, or of the wrong shape."""
+
+
+# ---------------------------------------------------------------- tokens
+
+def _serializer(purpose: str) -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=SALTS[purpose])
+
+
+def _epoch(now: datetime | None) -> int:
+    return int((now or utcnow()).timestamp())
+
+
+def open_token(campaign_id: int, contact_id: int, now: datetime | None = None) -> str:
+    return _serializer("open").dumps([int(campaign_id), int(contact_id), _epoch(now)])
+
+
+def click_token(campaign_id: int, contact_id: int, url: str, now: datetime | None = None) -> str:
+    return _serializer("click").dumps([int(campaign_id), int(contact_id), _epoch(now), url])
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
+def read_open_token(token: str) -> tuple[int, int, int]:
+    """(campaign_id, contact_id, sent epoch); TokenInvalid otherwise."""
+    try:
+        payload = _serializer("open").loads(token)
+    except (BadSignature, UnicodeError, ValueError):
+        raise TokenInvalid("bad signature") from None
+    if not (isinstance(payload, list) and len(payload) == 3 and all(_int(v) for v in payload)):
+        raise TokenInvalid("bad payload")
+    return payload[0], payload[1], payload[2]
+
+
+def read_click_token(token: str) -> tuple[int, int, int, str]:
+    """(campaign_id, contact_id, sent epoch, url); TokenInvalid otherwise."""
+    try:
+        payload = _serializer("click").loads(token)
+    except (BadSignature, UnicodeError, ValueError):
+        raise TokenInvalid("bad signature") from None
+    if not (isinstance(payload, list) and len(payload) == 4 and all(_int(v) for v in payload[:3])
+            and isinstance(payload[3], str) and _trackable(payload[3])):
+        raise TokenInvalid("bad payload")
+    return payload[0], payload[1], payload[2], payload[3]
+
+
+# ---------------------------------------------------------------- rewriting
+
+def _base() -> str:
+    return current_app.config["BASE_URL"].rstrip("/")
+
+
+def _trackable(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://")) and len(url) <= MAX_URL and not any(
+        c in url for c in "\r\n\x00")
+
+
+def _ours(url: str, base: str) -> bool:
+    """Our own links (unsubscribe, preference centre, tracking) are never wrapped."""
+    return url.startswith((f"{base}/unsubscribe/", f"{base}/preferences/", f"{base}/t/", f"{base}/s/"))
+
+
+def track_email(parts: dict, campaign_id: int, contact_id: int, now: datetime | None = None) -> dict:
+    """{"subject", "html", "text"} with links rewritten to click redirects and the pixel added."""
+    base = _base()
+    serializer = _serializer("click")
+    sent = _epoch(now)
+    cache: dict[str, str] = {}
+
+    def wrap(url: str) -> str:
+        if not _trackable(url) or _ours(url, base):
+            return url
+        if url not in cache:
+            cache[url] = f"{base}/t/c/{serializer.dumps([int(campaign_id), int(contact_id), sent, url])}"
+        return cache[url]
+
+    def href(match: re.Match) -> str:
+        url = htmllib.unescape(match.group(3)).strip()
+        wrapped = wrap(url)
+        if wrapped == url:
+            return match.group(0)
+        return f"{match.group(1)}{match.group(2)}{htmllib.escape(wrapped)}{match.group(2)}"
+
+    out = dict(parts)
+    if parts.get("html"):
+        body = _HREF.sub(href, parts["html"])
+        pixel = (f'<img src="{base}/t/o/{open_token(campaign_id, contact_id, now)}.gif" width="1" height="1" '
+                 f'alt="" style="display:block;width:1px;height:1px;border:0" />')
+        ends = list(_BODY_END.finditer(body))
+        out["html"] = body[:ends[-1].start()] + pixel + body[ends[-1].start():] if ends else body + pixel
+    if parts.get("text"):
+        out["text"] = _URL.sub(lambda m: wrap(m.group(0)), parts["text"])
+    return out
+
+
+def short_code(campaign_id: int | None, contact_id: int | None, url: str) -> str:
+    """10 base62 characters (59 bits) from an HMAC: the same message gives the same code."""
+    key = (current_app.config["SECRET_KEY"] + SALTS["short"]).encode()
+    digest = hmac.new(key, f"{campaign_id}:{contact_id}:{url}".encode(), hashlib.sha256).digest()
+    n = int.from_bytes(digest[:8], "big")
+    code = []
+    for _ in range(10):
+        n, r = divmod(n, 62)
+        code.append(_BASE62[r])
+    return "".join(code)
+
+
+def shorten_sms(body: str, campaign_id: int | None, contact_id: int | None) -> str:
+    """The SMS with its http(s) links replaced by BASE_URL/s/<code>; the rows are written (own transaction)."""
+    from campaigns.models import ShortLink
+
+    base = _base()
+    rows: dict[str, dict] = {}
+
+    def shorten(match: re.Match) -> str:
+        url = match.group(0)
+        if not _trackable(url) or _ours(url, base):
+            return url
+        code = short_code(campaign_id, contact_id, url)
+        rows[code] = {"code": code, "campaign_id": campaign_id, "contact_id": contact_id, "url": url,
+                      "clicks": 0, "created_at": utcnow()}
+        return f"{base}/s/{code}"
+
+    out = _URL.sub(shorten, body)
+    if rows:
+        table = ShortLink.__table__
+        if db.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+
+            stmt = insert(table).on_conflict_do_nothing(index_elements=["code"])
+        else:
+            stmt = sa.insert(table).prefix_with("OR IGNORE")
+        # Like the channel's own write: committed before the message leaves, whatever the caller does.
+        with db.engine.begin() as conn:
+            conn.execute(stmt, list(rows.values()))
+    return out
+
+
+# ---------------------------------------------------------------- bots
+
+def is_bot(user_agent: str | None, ip: str | None, sent_epoch: int | None, now: datetime | None = None,
+           kind: str = "opened") -> bool:
+    """Machine, not a person: a scanner or previewer's user agent, an Apple Mail Privacy Protection
+    prefetch (opens from Apple's proxies), or a hit within BOT_SECONDS of the sending."""
+    ua = (user_agent or "").strip()
+    if not ua or _BOT_UA.search(ua):
+        return True
+    if sent_epoch is not None and _epoch(now) - sent_epoch < BOT_SECONDS:
+        return True
+    if kind == "opened":
+        if ua == "Mozilla/5.0":  # the MPP proxy's user agent: nothing else sends it bare
+            return True
+        try:
+            if ip and ipaddress.ip_address(ip) in _APPLE:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+# ---------------------------------------------------------------- recording (the hot path)
+
+_STATEMENTS: dict = {}
+_WRITERS: dict = {}
+
+
+def _event_insert():
+    """INSERT INTO message_events ... SELECT <params> WHERE the contact still exists (deleted since:
+    nothing is written, no foreign-key error). Built once; SQLAlchemy and the driver cache its plan."""
+    if "event" not in _STATEMENTS:
+        from contacts.models import Contact
+        from segments.models import MessageEvent
+
+        e = MessageEvent.__table__
+        select = sa.select(sa.bindparam("contact_id", type_=e.c.contact_id.type),
+                           sa.bindparam("campaign_id", type_=e.c.campaign_id.type),
+                           sa.bindparam("channel", type_=e.c.channel.type), sa.bindparam("kind", type_=e.c.kind.type),
+                           sa.bindparam("occurred_at", type_=e.c.occurred_at.type),
+                           sa.bindparam("is_bot", type_=e.c.is_bot.type), sa.bindparam("data", type_=e.c.data.type)
+                           ).where(sa.exists().where(Contact.id == sa.bindparam("contact_id")))
+        _STATEMENTS["event"] = sa.insert(e).from_select(
+            ["contact_id", "campaign_id", "channel", "kind", "occurred_at", "is_bot", "data"], select)
+    return _STATEMENTS["event"]
+
+
+def _writer():
+    """Where tracking events are written. On PostgreSQL: a small engine of this process in autocommit
+    (one round trip a hit, no BEGIN/COMMIT) with synchronous_commit off — a database crash may lose the
+    last fraction of a second of opens and clicks, never corrupt anything, and a hit does not wait for
+    the WAL flush. Elsewhere (SQLite: one writer at a time) the app's session."""
+    engine = db.engine
+    if engine.dialect.name != "postgresql":
+        return None
+    key = (id(engine), str(engine.url))
+    writer = _WRITERS.get(key)
+    if writer is None:
+        writer = sa.create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=16,
+                                  pool_pre_ping=False, connect_args={"options": "-c synchronous_commit=off"})
+        _WRITERS[key] = writer
+    return writer
+
+
+def _write(statement, params: dict, first: bool = False):
+    """Run one write; `first`: its RETURNING row (or None)."""
+    writer = _writer()
+    if writer is None:
+        result = db.session.execute(statement, params)
+        row = result.first() if first else None
+        db.session.commit()
+        return row
+    with writer.connect() as conn:
+        result = conn.execute(statement, params)
+        return result.first() if first else None
+
+
+def _insert_event_select(contact_id: int, campaign_id: int | None, channel: str, kind: str, when: datetime,
+                         bot: bool, data: dict) -> None:
+    _write(_event_insert(), {"contact_id": contact_id, "campaign_id": campaign_id, "channel": channel, "kind": kind,
+                             "occurred_at": when, "is_bot": bot, "data": data})
+
+
+def record_open(token: str, *, user_agent: str | None = None, ip: str | None = None,
+                now: datetime | None = None) -> bool:
+    """Record an open from the pixel; TokenInvalid on a bad token. True if a person, False if a bot."""
+    campaign_id, contact_id, sent = read_open_token(token)
+    now = now or utcnow()
+    bot = is_bot(user_agent, ip, sent, now, "opened")
+    _insert_event_select(contact_id, campaign_id, "email", "opened", now, bot, {})
+    return not bot
+
+
+def record_click(token: str, *, user_agent: str | None = None, ip: str | None = None,
+                 now: datetime | None = None) -> str:
+    """Record a click and return the URL to redirect to (the one signed in the token)."""
+    campaign_id, contact_id, sent, url = read_click_token(token)
+    now = now or utcnow()
+    bot = is_bot(user_agent, ip, sent, now, "clicked")
+    _insert_event_select(contact_id, campaign_id, "email", "clicked", now, bot, {"url": url})
+    return url
+
+
+def follow_short_link(code: str, *, user_agent: str | None = None, ip: str | None = None,
+                      now: datetime | None = None) -> str | None:
+    """Count a click on an SMS short link and return its URL (None: no such code)."""
+    from campaigns.models import ShortLink
+
+    if not re.fullmatch(r"[0-9A-Za-z]{4,16}", code or ""):
+        return None
+    now = now or utcnow()
+    if "short" not in _STATEMENTS:
+        t = ShortLink.__table__
+        _STATEMENTS["short"] = (sa.update(t).where(t.c.code == sa.bindparam("b_code"))
+                                .values(clicks=t.c.clicks + 1,
+                                        last_clicked_at=sa.bindparam("b_now", type_=t.c.last_clicked_at.type))
+                                .returning(t.c.url, t.c.campaign_id, t.c.contact_id, t.c.created_at))
+    row = _write(_STATEMENTS["short"], {"b_code": code, "b_now": now}, first=True)
+    if row is None:
+        return None
+    url, campaign_id, contact_id, created_at = row
+    if contact_id is not None:
+        sent = int(created_at.timestamp()) if created_at else None
+        bot = is_bot(user_agent, ip, sent, now, "clicked")
+        _insert_event_select(contact_id, campaign_id, "sms", "clicked", now, bot, {"url": url, "code": code})
+    return url
+
+
+# ---------------------------------------------------------------- switches
+
+def set_campaign_tracking(campaign_id: int, on: bool) -> dict:
+    """Switch tracking of a campaign on or off (its next messages); NotFound if it does not exist."""
+    from campaigns.models import Campaign
+    from envoi.errors import NotFound
+
+    if not _int(campaign_id):
+        raise NotFound("campaign not found")
+    moved = db.session.execute(sa.update(Campaign).where(Campaign.id == campaign_id)
+                               .values(track=bool(on), updated_at=utcnow())).rowcount
+    db.session.commit()
+    if not moved:
+        raise NotFound("campaign not found")
+    return {"id": campaign_id, "track": bool(on)}
+
+
+def set_tracking_refused(contact_id: int, refused: bool) -> None:
+    """The person refuses (or accepts again) open and click tracking: their next messages carry no pixel
+    and their links are left as written."""
+    from contacts.models import Contact
+
+    db.session.execute(sa.update(Contact).where(Contact.id == contact_id, Contact.tracking_refused != bool(refused))
+                       .values(tracking_refused=bool(refused), updated_at=utcnow())
+                       .execution_options(synchronize_session=False))
+    db.session.commit()
+
+
+def tracked(campaign_track: bool, contact) -> bool:
+    return bool(campaign_track) and contact is not None and bool(getattr(contact, "id", None)) \
+        and not getattr(contact, "tracking_refused", False)
+
+
+__all__ = ["open_token", "click_token", "read_open_token", "read_click_token", "track_email", "shorten_sms",
+           "short_code", "is_bot", "record_open", "record_click", "follow_short_link", "set_campaign_tracking",
+           "set_tracking_refused", "tracked", "TokenInvalid", "PIXEL"]
