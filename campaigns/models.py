@@ -66,6 +66,8 @@ class Campaign(db.Model):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     targeted: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    # Open pixel and click redirects (campaigns/tracking.py); off: links are left as written.
+    track: Mapped[bool] = mapped_column(sa.Boolean, default=True, server_default=sa.true())
     author_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -87,7 +89,10 @@ class Delivery(db.Model):
     __tablename__ = "deliveries"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    # A campaign's message, or (campaign_id NULL) a journey step's: unique per (run, step) then.
+    campaign_id: Mapped[int | None] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    journey_run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("journey_runs.id", ondelete="CASCADE"))
+    journey_step: Mapped[int | None] = mapped_column(sa.Integer)
     contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(sa.String(8))
     status: Mapped[str] = mapped_column(sa.String(16), default="queued", server_default="queued")
@@ -107,7 +112,24 @@ class Delivery(db.Model):
         sa.CheckConstraint(f"channel IN {_in(CHANNELS)}", name="channel"),
         sa.CheckConstraint(f"status IN {_in(DELIVERY_STATUSES)}", name="status"),
         sa.UniqueConstraint("campaign_id", "contact_id", name="uq_deliveries_campaign_id_contact_id"),
+        sa.UniqueConstraint("journey_run_id", "journey_step", name="uq_deliveries_journey_run_id_journey_step"),
         sa.Index("ix_deliveries_campaign_id_status_id", "campaign_id", "status", "id"),
         sa.Index("ix_deliveries_contact_id_sent_at", "contact_id", "sent_at"),
         sa.Index("ix_deliveries_provider_id", "provider_id"),
     )
+
+
+class ShortLink(db.Model):
+    """A link of an SMS, shortened to BASE_URL/s/<code>: one per (campaign, contact, url), counted."""
+
+    __tablename__ = "short_links"
+
+    code: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    campaign_id: Mapped[int | None] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    contact_id: Mapped[int | None] = mapped_column(sa.ForeignKey("contacts.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(sa.Text)
+    clicks: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (sa.Index("ix_short_links_campaign_id", "campaign_id"),)

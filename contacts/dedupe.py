@@ -37,7 +37,8 @@ from envoi import MAX_ID
 from envoi.errors import EnvoiError
 from envoi.extensions import db
 from envoi.types import utcnow
-from campaigns.models import Delivery
+from automation.models import AutomationEvent, JourneyRun
+from campaigns.models import Delivery, ShortLink
 from segments.models import MessageEvent
 
 RULES = ("name_postcode", "name_birth_date", "company_postcode", "email_canonical", "phone_email_split")
@@ -54,6 +55,10 @@ REPOINT: list[tuple[type, sa.orm.InstrumentedAttribute]] = [
     (MessageEvent, MessageEvent.contact_id),
     # One delivery per (campaign, contact): _drop_duplicate_deliveries runs first.
     (Delivery, Delivery.contact_id),
+    (ShortLink, ShortLink.contact_id),  # SMS short links: their clicks count for the survivor
+    # One run per (automation, contact, occurrence): automation.services.prepare_merge runs first.
+    (JourneyRun, JourneyRun.contact_id),
+    (AutomationEvent, AutomationEvent.contact_id),
 ]
 
 
@@ -64,7 +69,7 @@ def _drop_duplicate_deliveries(survivor_id: int, ids: list[int]) -> int:
     rank = sa.case((Delivery.contact_id == survivor_id, 0), else_=1)
     ranked = (sa.select(Delivery.id, sa.func.row_number().over(
         partition_by=Delivery.campaign_id, order_by=(rank, Delivery.id)).label("n"))
-        .where(Delivery.contact_id.in_(ids)).subquery())
+        .where(Delivery.contact_id.in_(ids), Delivery.campaign_id.isnot(None)).subquery())
     doomed = sa.select(ranked.c.id).where(ranked.c.n > 1)
     return db.session.execute(sa.delete(Delivery).where(Delivery.id.in_(doomed))).rowcount
 
@@ -250,6 +255,9 @@ def _merge(survivor_id: int, others: list[int], author_id) -> dict:
     survivor, merged = found[survivor_id], [found[i] for i in others]
 
     moved = {"deliveries_dropped": _drop_duplicate_deliveries(survivor_id, ids)}
+    from automation.services import prepare_merge
+
+    moved["journey_runs_set_aside"] = prepare_merge(survivor_id, ids)
     for model, column in REPOINT:
         moved[model.__tablename__] = db.session.execute(
             sa.update(model).where(column.in_(others)).values({column: survivor_id})).rowcount

@@ -645,7 +645,8 @@ def _delivery_entries(contact_id: int, before, limit: int) -> list:
     from campaigns.models import Campaign, Delivery
 
     at = sa.func.coalesce(Delivery.sent_at, Delivery.updated_at)
-    q = (sa.select(Delivery, Campaign.name, at.label("at")).join(Campaign, Campaign.id == Delivery.campaign_id)
+    # Journey steps' messages have no campaign (Delivery.journey_run_id): outer join.
+    q = (sa.select(Delivery, Campaign.name, at.label("at")).outerjoin(Campaign, Campaign.id == Delivery.campaign_id)
          .where(Delivery.contact_id == contact_id, at.isnot(None)))
     if before is not None:
         q = q.where(at <= before[0])
@@ -658,6 +659,7 @@ def _delivery_entries(contact_id: int, before, limit: int) -> list:
         entries.append((key, {"type": "delivery", "id": delivery.id, "at": when.isoformat(),
                               "kind": "mailing" if delivery.channel == "email" else "sms",
                               "campaign_id": delivery.campaign_id, "campaign_name": campaign_name,
+                              "journey_run_id": delivery.journey_run_id,
                               "channel": delivery.channel, "status": delivery.status,
                               "sent_at": _iso(delivery.sent_at), "error": delivery.error,
                               "error_code": delivery.error_code}))
@@ -717,6 +719,9 @@ def erase_contact(contact_id: int, *, method: str = "api", author_id: int | None
     from segments.models import MessageEvent
 
     db.session.execute(sa.update(MessageEvent).where(MessageEvent.contact_id == contact.id).values(data={}))
+    from campaigns.models import ShortLink  # SMS links made for this person (their URL may be personal)
+
+    db.session.execute(sa.delete(ShortLink).where(ShortLink.contact_id == contact.id))
     # The one sanctioned rewrite of consent proof: what and when stay, who and where go.
     db.session.execute(sa.update(ConsentEvent).where(ConsentEvent.contact_id == contact.id)
                        .values(ip=None, user_agent=None, page_url=None, source=None, data={}))

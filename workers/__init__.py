@@ -7,3 +7,4 @@ broker = setup_broker()
 from workers import actors  # noqa: E402,F401  (declares the actors on the broker)
 from workers import periodic  # noqa: E402,F401
 from workers import optin, campaigns  # noqa: E402,F401
+from workers import automation  # noqa: E402,F401
