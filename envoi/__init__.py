@@ -121,3 +121,8 @@ def _register_blueprints(app: Flask, api) -> None:
 
     optin.register(app, api)
     campaigns.register(app, api)
+    import automation
+    from envoi import admin
+
+    automation.register(app, api)
+    admin.register(app)

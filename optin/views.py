@@ -162,8 +162,12 @@ def _form_json(form: Form, lang: str) -> dict:
 def _render_form(form: Form, lang: str, status: int = 200, errors: dict | None = None, values: dict | None = None,
                  notice: str | None = None):
     t = texts(lang)
-    return _page("optin/form.html", status, lang=lang, form=form, fields=_fields(form, t), errors=errors or {},
-                 values=values or {}, token=start_token(form.id), csrf=_csrf_token(), notice=notice)
+    response = _page("optin/form.html", status, lang=lang, form=form, fields=_fields(form, t), errors=errors or {},
+                     values=values or {}, token=start_token(form.id), csrf=_csrf_token(), notice=notice)
+    # No token in this URL; and under "no-referrer" a browser posts the form with `Origin: null`,
+    # which the cross-origin check refuses.
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
 
 
 def _cross_origin_check(form: Form) -> tuple[bool, str | None]:
@@ -387,6 +391,9 @@ def preferences(token: str):
                 channels = {"email": request.form.get("email") == "on", "sms": request.form.get("sms") == "on"}
                 topics = set(request.form.getlist("topics"))
                 services.update_preferences(contact_id, channels, topics, _context())
+                from campaigns.tracking import set_tracking_refused
+
+                set_tracking_refused(contact_id, request.form.get("no_tracking") == "on")
                 notice = t["pref_saved"]
     prefs = services.preferences(contact_id)
     return _page("optin/preferences.html", status, lang=lang, prefs=prefs, csrf=_csrf_token(), notice=notice,

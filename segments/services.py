@@ -69,10 +69,11 @@ def create_segment(name, rules) -> Segment:
 def update_segment(segment_id: int, data: dict) -> Segment:
     """Rename and/or replace the rules."""
     segment = get_segment(segment_id)
+    if "rules" in data:
+        parse(data["rules"])  # before the rename: its catalog query would autoflush a taken name
     if "name" in data:
         segment.name = _clean_name(data["name"])
     if "rules" in data:
-        parse(data["rules"])
         segment.rules = data["rules"]
     segment.updated_at = utcnow()
     _commit_unique_name()

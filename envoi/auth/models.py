@@ -20,6 +20,7 @@ class User(db.Model):
     role: Mapped[str] = mapped_column(sa.String(16))
     active: Mapped[bool] = mapped_column(sa.Boolean, default=True, server_default=sa.true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    language: Mapped[str | None] = mapped_column(sa.String(8))  # admin UI language; None: the browser's
 
     tokens: Mapped[list["ApiToken"]] = relationship(back_populates="user")
 

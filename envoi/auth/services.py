@@ -88,3 +88,36 @@ def revoke_token(token_id: int) -> None:
         raise NotFound("no such token")
     token.revoked_at = utcnow()
     db.session.commit()
+
+
+def list_users() -> list[User]:
+    return db.session.scalars(sa.select(User).order_by(User.email)).all()
+
+
+def set_user_active(user_id: int, active: bool) -> User:
+    """Deactivate (or reactivate) a staff user: their sessions and tokens stop working at once."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    if not active and user.role == "admin" and user.active and db.session.scalar(
+            sa.select(sa.func.count(User.id)).where(User.role == "admin", User.active.is_(True))) <= 1:
+        raise Conflict("the last active admin cannot be deactivated", {"active": "keep one admin"})
+    user.active = bool(active)
+    db.session.commit()
+    return user
+
+
+def set_user_language(user_id: int, language: str | None) -> None:
+    """The admin UI language of a user (None: follow the browser)."""
+    if language not in (None, "en", "fr"):
+        raise ValidationError("invalid language", {"language": "en or fr"})
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    user.language = language
+    db.session.commit()
+
+
+def list_tokens() -> list[tuple[ApiToken, str]]:
+    """Every API token with its owner's email, newest first (never the token itself)."""
+    return db.session.execute(sa.select(ApiToken, User.email).join(User).order_by(ApiToken.id.desc())).all()

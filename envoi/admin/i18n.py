@@ -1,0 +1,71 @@
+"""French and English for the admin UI. Keys are the English text; French maps them.
+
+The language is the user's setting (users.language), else Accept-Language, else English."""
+from __future__ import annotations
+
+from flask import request, session
+
+LANGS = ("en", "fr")
+
+FR = {
+    "Log in": "Se connecter", "Log out": "Se déconnecter", "Email": "E-mail", "Password": "Mot de passe",
+    "Wrong email or password.": "E-mail ou mot de passe incorrect.",
+    "Too many attempts; try again in a minute.": "Trop de tentatives ; réessayez dans une minute.",
+    "Dashboard": "Tableau de bord", "Contacts": "Contacts", "Forms": "Formulaires", "Segments": "Segments",
+    "Campaigns": "Campagnes", "Outbox": "Boîte d'envoi", "Users": "Utilisateurs", "API tokens": "Jetons d'API",
+    "Language": "Langue", "Save": "Enregistrer", "Create": "Créer", "Delete": "Supprimer", "Edit": "Modifier",
+    "Cancel": "Annuler", "Search": "Rechercher", "Filter": "Filtrer", "Next page": "Page suivante",
+    "First page": "Première page", "Status": "Statut", "Channel": "Canal", "Name": "Nom", "Role": "Rôle",
+    "Contacts by channel and status": "Contacts par canal et statut",
+    "Signups, last 30 days": "Inscriptions, 30 derniers jours", "Requested": "Demandées",
+    "Confirmed": "Confirmées", "Opt-in rate": "Taux de confirmation", "Running campaigns": "Campagnes en cours",
+    "Last campaigns": "Dernières campagnes", "Targeted": "Ciblés", "Sent": "Envoyés", "Failed": "Échecs",
+    "Skipped": "Ignorés", "Bounced": "Rejetés", "Queued": "En attente", "Progress": "Progression",
+    "Nothing yet.": "Rien pour l'instant.", "Saved.": "Enregistré.", "Timeline": "Historique",
+    "Log a call or meeting": "Noter un appel ou un rendez-vous", "Call": "Appel", "Meeting": "Rendez-vous",
+    "Note": "Note", "Export": "Exporter", "Erase": "Effacer", "Erase this contact for good?":
+    "Effacer définitivement ce contact ?", "Import CSV": "Importer un CSV", "Import": "Import",
+    "Rejected rows": "Lignes rejetées", "Created": "Créés", "Updated": "Mis à jour", "Unchanged": "Inchangés",
+    "Rows": "Lignes", "All segments": "Tous les segments", "Segment": "Segment", "Topic": "Thématique",
+    "New form": "Nouveau formulaire", "Fields": "Champs", "Topics": "Thématiques", "Consent text":
+    "Texte de consentement", "Popup trigger": "Déclencheur du pop-up", "Preview": "Aperçu",
+    "Embed snippet": "Code à intégrer", "Copy": "Copier", "Copied": "Copié", "Title": "Titre",
+    "Double opt-in": "Double opt-in", "New segment": "Nouveau segment", "Rules": "Règles",
+    "Add condition": "Ajouter une condition", "Add group": "Ajouter un groupe", "Match all": "Toutes",
+    "Match any": "Au moins une", "Count": "Nombre", "Sample": "Échantillon", "contacts match":
+    "contacts correspondent", "New campaign": "Nouvelle campagne", "Subject": "Objet", "HTML body":
+    "Corps HTML", "Text body": "Corps texte", "SMS text": "Texte du SMS", "Send a test": "Envoyer un test",
+    "Send now": "Envoyer maintenant", "Schedule": "Programmer", "Pause": "Suspendre", "Resume": "Reprendre",
+    "Preview as contact": "Aperçu pour le contact", "Stats": "Statistiques", "Sent over time":
+    "Envois dans le temps", "segments": "segments", "characters": "caractères", "Open": "Ouvrir",
+    "To": "À", "Date": "Date", "Message": "Message", "Back": "Retour", "New user": "Nouvel utilisateur",
+    "New token": "Nouveau jeton", "Revoke": "Révoquer", "Copy it now: it will not be shown again.":
+    "Copiez-le maintenant : il ne sera plus affiché.", "Active": "Actif", "Deactivate": "Désactiver",
+    "Activate": "Activer", "Phone": "Téléphone", "First name": "Prénom", "Last name": "Nom de famille",
+    "City": "Ville", "Tags": "Étiquettes", "Email status": "Statut e-mail", "SMS status": "Statut SMS",
+    "Lifecycle": "Cycle de vie", "Created at": "Créé le", "Delete draft": "Supprimer le brouillon",
+    "Audience": "Audience", "Sender": "Expéditeur", "Edit contact": "Modifier le contact",
+    "The dev outbox holds every message the system would have sent (no SMTP server or Twilio account set).":
+    "La boîte d'envoi de développement contient chaque message que le système aurait envoyé (aucun serveur "
+    "SMTP ni compte Twilio configuré).", "Raw message": "Message brut", "any": "tous",
+    "Live count": "Comptage en direct", "When (your time)": "Quand (votre heure)",
+    "Contact id": "Identifiant du contact", "Details": "Détails", "Download": "Télécharger",
+    "Upload": "Envoyer", "Subscribe every row to topic": "Abonner chaque ligne à la thématique",
+    "Imports": "Imports", "Data": "Données", "Figures as of": "Chiffres au", "Refresh": "Actualiser",
+}
+TEXTS = {"en": {}, "fr": FR}
+
+
+def translator(lang: str):
+    table = TEXTS.get(lang, {})
+    return lambda key: table.get(key, key)
+
+
+def pick_lang(user=None) -> str:
+    """The session's explicit choice, else the user's setting, else the browser's."""
+    chosen = session.get("admin_lang")
+    if chosen in LANGS:
+        return chosen
+    if user is not None and getattr(user, "language", None) in LANGS:
+        return user.language
+    return request.accept_languages.best_match(LANGS, default="en") if request else "en"
