@@ -73,25 +73,28 @@ def _progress_key(campaign_id: int) -> str:
 
 
 class _Progress:
-    """Per-message progress of a batch in Redis, read by `requeue_due` after a crash."""
+    """Per-message progress of a batch in Redis, read by `requeue_due` after a crash.
+
+    One round trip per message: a message's 'sent' mark travels with the next message's 'a'
+    mark. A crash in between leaves the sent message marked 'a': sent again after the reclaim
+    and counted as a possible duplicate, so the bound stays one message per thread.
+    """
 
     def __init__(self, campaign_id: int):
-        self.key, self.touched = _progress_key(campaign_id), []
+        self.key, self.touched, self.pending = _progress_key(campaign_id), [], {}
 
     def attempt(self, row_id: int) -> None:
         """Raises when Redis cannot take the mark: the message is then not sent (retried later)."""
         pipe = _redis().pipeline(transaction=False)
-        pipe.hset(self.key, row_id, "a")
+        pipe.hset(self.key, mapping={**self.pending, row_id: "a"})
         if not self.touched:
             pipe.expire(self.key, 7 * 86400)
         pipe.execute()
+        self.pending = {}
         self.touched.append(row_id)
 
     def sent(self, row_id: int, sent_at: datetime, provider_id: str | None) -> None:
-        try:
-            _redis().hset(self.key, row_id, f"s {sent_at.isoformat()} {provider_id or ''}".rstrip())
-        except Exception:  # noqa: BLE001  (the 'a' mark stays: a reclaim counts it as a possible duplicate)
-            log.warning("campaign progress %s: cannot mark delivery %s sent", self.key, row_id)
+        self.pending[row_id] = f"s {sent_at.isoformat()} {provider_id or ''}".rstrip()
 
     def clear(self) -> None:
         """After the batch's results are committed, the marks have served."""
