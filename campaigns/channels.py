@@ -11,6 +11,7 @@ recipient: SMTP 5xx, Twilio 21211 invalid number, 21610 unsubscribed). Callers o
 """
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 import threading
@@ -64,7 +65,13 @@ def _address(value: str) -> str:
     value = value.strip()
     if value and not any(c in value for c in '<>",;:() \t'):
         return value
+    match = _NAME_ADDR.fullmatch(value)  # Name <address>, the usual From
+    if match:
+        return match.group(1)
     return parseaddr(value)[1]
+
+
+_NAME_ADDR = re.compile(r'[A-Za-z0-9 ._\'-]*<([^<>"(),;:\s@]+@[^<>"(),;:\s@]+)>')
 
 
 class SmtpEmail:
