@@ -359,8 +359,11 @@ def _claim(campaign_id: int, lo: int, hi: int, limit: int, now: datetime, lease_
             .order_by(D.c.id).limit(limit))
     if db.session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
+    # A CTE, not `IN (subquery)`: PostgreSQL may run a subquery again per outer row, and with
+    # SKIP LOCKED each run can pick other rows, so the LIMIT would not bound the claim.
+    pick = pick.cte("pick")
     sending = sa.exists().where(Campaign.id == campaign_id, Campaign.status == "sending")
-    stmt = (sa.update(D).where(D.c.id.in_(pick.scalar_subquery()), D.c.status == "queued", sending)
+    stmt = (sa.update(D).where(D.c.id.in_(sa.select(pick.c.id)), D.c.status == "queued", sending)
             .values(status="sending", lease_until=lease_until, attempts=D.c.attempts + 1, updated_at=now)
             .returning(D.c.id, D.c.contact_id, D.c.attempts))
     return sorted(db.session.execute(stmt).all())
