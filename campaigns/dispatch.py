@@ -3,10 +3,15 @@
 The database is the source of truth. Launching writes one `deliveries` row per recipient with
 one INSERT ... SELECT, then enqueues batch messages (ranges of delivery ids). A batch claims its
 rows with a lease (status 'sending', lease_until), re-checks consent at send time, sends, and
-records every result of the batch in bulk in one transaction. A worker killed mid-batch leaves
-its rows 'sending'; once the lease expires `requeue_due` puts them back (counting them in
-`reclaims`: those may have left before the crash), so at most the batches in flight at the kill
-can be sent twice. The lease is also a fencing token: a batch records only rows it still holds.
+records every result of the batch in bulk in one transaction. Between those writes, each
+message's progress is kept in Redis (a hash per campaign: 'a' before the SMTP/Twilio call, the
+sent time and provider id once it is accepted; a message is never sent without its 'a').
+A worker killed mid-batch leaves its rows 'sending'; once the lease expires `requeue_due` reads
+those marks: a row marked sent is recorded as sent (not sent again), a row marked 'a' goes back
+to the queue counted in `reclaims` (it may have left before the crash), a row without a mark
+goes back as it was (never attempted). So at most the message each thread was sending at the
+kill can be sent twice, and stats count exactly those. The lease is also a fencing token: a
+batch records only rows it still holds.
 """
 from __future__ import annotations
 
@@ -61,6 +66,54 @@ def _alive_key(campaign_id: int) -> str:
 
 def _errors_key(campaign_id: int) -> str:
     return f"envoi:campaign:{campaign_id}:outcomes"
+
+
+def _progress_key(campaign_id: int) -> str:
+    return f"envoi:campaign:{campaign_id}:progress"
+
+
+class _Progress:
+    """Per-message progress of a batch in Redis, read by `requeue_due` after a crash.
+
+    One round trip per message: a message's 'sent' mark travels with the next message's 'a'
+    mark. A crash in between leaves the sent message marked 'a': sent again after the reclaim
+    and counted as a possible duplicate, so the bound stays one message per thread.
+    """
+
+    def __init__(self, campaign_id: int):
+        self.key, self.touched, self.pending = _progress_key(campaign_id), [], {}
+
+    def attempt(self, row_id: int) -> None:
+        """Raises when Redis cannot take the mark: the message is then not sent (retried later)."""
+        pipe = _redis().pipeline(transaction=False)
+        pipe.hset(self.key, mapping={**self.pending, row_id: "a"})
+        if not self.touched:
+            pipe.expire(self.key, 7 * 86400)
+        pipe.execute()
+        self.pending = {}
+        self.touched.append(row_id)
+
+    def sent(self, row_id: int, sent_at: datetime, provider_id: str | None) -> None:
+        self.pending[row_id] = f"s {sent_at.isoformat()} {provider_id or ''}".rstrip()
+
+    def clear(self) -> None:
+        """After the batch's results are committed, the marks have served."""
+        if self.touched:
+            try:
+                _redis().hdel(self.key, *self.touched)
+            except Exception:  # noqa: BLE001  (stale marks of recorded rows are never read)
+                pass
+
+
+def _read_progress(campaign_id: int, ids: list[int]) -> dict[int, str] | None:
+    """{delivery id: mark} for the ids that have one; None when Redis cannot say."""
+    if not ids:
+        return {}
+    try:
+        values = _redis().hmget(_progress_key(campaign_id), ids)
+    except Exception:  # noqa: BLE001
+        return None
+    return {i: v.decode() for i, v in zip(ids, values) if v is not None}
 
 
 def _locked_campaign(campaign_id: int) -> Campaign:
@@ -306,8 +359,11 @@ def _claim(campaign_id: int, lo: int, hi: int, limit: int, now: datetime, lease_
             .order_by(D.c.id).limit(limit))
     if db.session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
+    # A CTE, not `IN (subquery)`: PostgreSQL may run a subquery again per outer row, and with
+    # SKIP LOCKED each run can pick other rows, so the LIMIT would not bound the claim.
+    pick = pick.cte("pick")
     sending = sa.exists().where(Campaign.id == campaign_id, Campaign.status == "sending")
-    stmt = (sa.update(D).where(D.c.id.in_(pick.scalar_subquery()), D.c.status == "queued", sending)
+    stmt = (sa.update(D).where(D.c.id.in_(sa.select(pick.c.id)), D.c.status == "queued", sending)
             .values(status="sending", lease_until=lease_until, attempts=D.c.attempts + 1, updated_at=now)
             .returning(D.c.id, D.c.contact_id, D.c.attempts))
     return sorted(db.session.execute(stmt).all())
@@ -421,6 +477,7 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
         rate = ratelimit.limiter(channel)
         tokens = 0
         stopped = _StopWatch(campaign_id)
+        progress = _Progress(campaign_id)
         callback = _cfg("BASE_URL", "").rstrip("/") + "/webhooks/twilio/status"
         next_allowed = None
         if channel == "sms":
@@ -475,6 +532,16 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
                 done += 1
                 continue
             try:
+                progress.attempt(row.id)
+            except Exception as err:  # noqa: BLE001  (no mark, no send: retried when Redis is back)
+                when = utcnow() + timedelta(seconds=_backoff(row.attempts))
+                result(row, "queued", attempts=row.attempts - 1, error=f"progress mark failed: {err}"[:2000],
+                       next_attempt_at=when)
+                retry_at.append((row.id, when))
+                failures, last_error = failures + 1, str(err)
+                done += 1
+                continue
+            try:
                 if channel == "email":
                     provider_id = channels.send_email(message)
                 else:
@@ -500,7 +567,9 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
                     contact_status.setdefault(("sms", "invalid"), []).append(contact.id)
                 result(row, status, error=str(err)[:2000], error_code=err.code)
             else:
-                result(row, "sent", sent_at=utcnow(), provider_id=(provider_id or None) and provider_id[:300])
+                sent_at, provider_id = utcnow(), (provider_id or None) and provider_id[:300]
+                progress.sent(row.id, sent_at, provider_id)
+                result(row, "sent", sent_at=sent_at, provider_id=provider_id)
                 events.append({"contact_id": contact.id, "kind": "sent"})
             done += 1
     finally:
@@ -516,6 +585,8 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
                     retry_at.append((row.id, wait_until))
         db.session.rollback()  # nothing pending but reads
         _record(campaign_id, channel if results else None, results, events, contact_status)
+        if channel is not None:
+            progress.clear()
     _after_batch(campaign_id, rows, retry_at, failures, attempted, last_error, hi, stopped_early)
     return outcome
 
@@ -630,9 +701,7 @@ def requeue_due(force: bool = False) -> dict:
         db.session.commit()
     sending = db.session.scalars(sa.select(Campaign.id).where(Campaign.status == "sending")).all()
     for campaign_id in sending:
-        reclaimed = db.session.execute(
-            sa.update(D).where(D.c.campaign_id == campaign_id, D.c.status == "sending", D.c.lease_until < now)
-            .values(status="queued", lease_until=None, reclaims=D.c.reclaims + 1, updated_at=now)).rowcount
+        reclaimed = _reclaim(campaign_id, now)
         report["reclaimed"] += reclaimed
         try:
             alive = bool(_redis().exists(_alive_key(campaign_id)))
@@ -644,6 +713,48 @@ def requeue_due(force: bool = False) -> dict:
         report["finished"] += _finish_if_done(campaign_id, now)
         db.session.commit()
     return report
+
+
+def _reclaim(campaign_id: int, now: datetime) -> int:
+    """Rows whose lease expired (their worker died): settle them from the progress marks."""
+    expired = db.session.execute(
+        sa.select(D.c.id, D.c.contact_id, D.c.channel).where(D.c.campaign_id == campaign_id,
+                                                             D.c.status == "sending", D.c.lease_until < now)
+        .with_for_update()).all()
+    if not expired:
+        return 0
+    marks = _read_progress(campaign_id, [r.id for r in expired])
+    expired_now = sa.and_(D.c.status == "sending", D.c.lease_until < now)
+    sent, attempted, untouched = [], [], []
+    for row in expired:
+        mark = None if marks is None else marks.get(row.id, "")
+        if mark is None or mark == "a":
+            attempted.append(row.id)  # may have left before the crash: sent again, counted
+        elif mark.startswith("s "):
+            sent.append((row, mark))
+        else:
+            untouched.append(row.id)  # never attempted: back to the queue as it was
+    if attempted:
+        db.session.execute(sa.update(D).where(D.c.id.in_(attempted), expired_now)
+                           .values(status="queued", lease_until=None, reclaims=D.c.reclaims + 1, updated_at=now))
+    if untouched:
+        db.session.execute(sa.update(D).where(D.c.id.in_(untouched), expired_now)
+                           .values(status="queued", lease_until=None, attempts=D.c.attempts - 1, updated_at=now))
+    if sent:
+        from segments.models import MessageEvent
+
+        values = []
+        for row, mark in sent:
+            _, at, *provider = mark.split(" ", 2)
+            values.append({"b_id": row.id, "b_sent_at": datetime.fromisoformat(at),
+                           "b_provider": (provider[0] if provider else None)})
+        db.session.execute(sa.update(D).where(D.c.id == sa.bindparam("b_id"), expired_now)
+                           .values(status="sent", lease_until=None, sent_at=sa.bindparam("b_sent_at", type_=D.c.sent_at.type),
+                                   provider_id=sa.bindparam("b_provider"), error=None, updated_at=now), values)
+        db.session.execute(sa.insert(MessageEvent.__table__), [
+            {"contact_id": row.contact_id, "campaign_id": campaign_id, "channel": row.channel, "kind": "sent",
+             "occurred_at": v["b_sent_at"], "is_bot": False, "data": {}} for (row, _), v in zip(sent, values)])
+    return len(expired)
 
 
 # ------------------------------------------------------------------ Twilio status callbacks

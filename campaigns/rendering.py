@@ -381,6 +381,7 @@ class CompiledCampaign:
         self.channel = campaign.channel
         self.track = bool(getattr(campaign, "track", True))
         self.sender = campaign.sender or config["EMAIL_FROM"]
+        self.sender_domain = _domain(self.sender)  # of every Message-ID: parsed once, not per message
         self.config = config
         self.templates: dict = {}
         self.sources: dict = {}
@@ -489,7 +490,7 @@ class CompiledCampaign:
         recipient = to or contact.email
         if not recipient:
             raise RenderError("email", None, "the contact has no email address")
-        domain = _domain(self.sender)
+        domain = self.sender_domain
         token = os.urandom(6).hex()
         if delivery_id is not None:
             message_id = f"<d{int(delivery_id)}.c{self.campaign_id}.{token}@{domain}>"
@@ -595,6 +596,16 @@ def build_message(to: str, subject: str, text: str, html: str | None = None, *, 
     msg.set_payload([_text_part(text, "plain"), _text_part(html, "html")])
     msg._envoi_boundary = boundary
     return msg
+
+
+def header_value(msg: EmailMessage, name: str) -> str | None:
+    """A header's value as stored, without `msg[name]`'s parse by the policy (a structured
+    header object per read: more than the SMTP transaction's CPU for a few reads)."""
+    wanted = name.lower()
+    for key, value in msg._headers:
+        if key.lower() == wanted:
+            return str(value)
+    return None
 
 
 def _fold(headers) -> bytes:

@@ -338,8 +338,9 @@ def clean_signup(form: Form, raw: dict) -> dict:
     if not required and "email" not in values and "phone" not in values:
         errors["email"] = "an email or a phone is required"
     try:
-        clean = clean_contact(values, attribute_types=attribute_types(), region=current_app.config["DEFAULT_REGION"],
-                              partial=True)
+        # The declared types are read only when the signup carries attributes (one query saved).
+        types = attribute_types() if "attributes" in values else {}
+        clean = clean_contact(values, attribute_types=types, region=current_app.config["DEFAULT_REGION"], partial=True)
     except ValidationError as err:
         errors.update(err.fields)
         clean = {}
@@ -390,24 +391,26 @@ def _find(field: str, value: str | None) -> Contact | None:
     return db.session.scalar(sa.select(Contact).where(getattr(Contact, field) == value).with_for_update())
 
 
-def _new_contact(**identity) -> Contact:
-    now = utcnow()
-    contact = Contact(tags=[], attributes={}, lifecycle="prospect", created_at=now, updated_at=now, **identity)
+def _new_contact(initial: dict, now, **identity) -> Contact:
+    """A new contact, inserted with the state the signup gives it (no UPDATE right after the INSERT)."""
+    contact = Contact(tags=[], attributes={}, lifecycle="prospect", created_at=now, updated_at=now, **initial,
+                      **identity)
     db.session.add(contact)
     db.session.flush()
     return contact
 
 
-def _targets(email: str | None, phone: str | None, need_sms: bool) -> tuple[dict, set]:
+def _targets(email: str | None, phone: str | None, need_sms: bool, initial: dict, now) -> tuple[dict, set]:
     """The contact each channel's consent goes to, and the ids of the contacts created for it.
 
-    Only an empty identifier is filled in on an existing contact; nothing is overwritten."""
+    Only an empty identifier is filled in on an existing contact; nothing is overwritten.
+    `initial[channel]` is the state a contact created for that channel starts with."""
     by_email, by_phone = _find("email", email), _find("phone", phone)
     created: set = set()
     if not need_sms:
         phone = phone if by_phone is None else None  # a number that is someone's is not copied
     if email and phone and by_email is None and by_phone is None:
-        contact = _new_contact(email=email, phone=phone)
+        contact = _new_contact({**initial.get("email", {}), **initial.get("sms", {})}, now, email=email, phone=phone)
         created.add(contact.id)
         return {"email": contact, "sms": contact}, created
     targets: dict = {}
@@ -416,7 +419,7 @@ def _targets(email: str | None, phone: str | None, need_sms: bool) -> tuple[dict
         if target is None and by_phone is not None and by_phone.email is None:
             target, by_phone.email = by_phone, email
         if target is None:
-            target = _new_contact(email=email)
+            target = _new_contact(initial.get("email", {}), now, email=email)
             created.add(target.id)
         targets["email"] = target
     if phone and not need_sms:
@@ -428,7 +431,7 @@ def _targets(email: str | None, phone: str | None, need_sms: bool) -> tuple[dict
             target = targets["email"]
             target.phone = phone
         if target is None:
-            target = _new_contact(phone=phone)
+            target = _new_contact(initial.get("sms", {}), now, phone=phone)
             created.add(target.id)
         targets["sms"] = target
     db.session.flush()
@@ -455,7 +458,8 @@ def _store_signup(form: Form, signup: dict, channels: list[str], topic_id_list: 
 
     clean = signup["clean"]
     now = utcnow()
-    targets, created = _targets(clean.get("email"), clean.get("phone"), need_sms="sms" in channels)
+    initial = {c: {f"{c}_status": "pending", f"{c}_status_at": now} for c in channels} if form.double_opt_in else {}
+    targets, created = _targets(clean.get("email"), clean.get("phone"), "sms" in channels, initial, now)
     source = f"form:{form.slug}"
     evidence = {"form_id": form.id, "form": form.slug, "consent_version": form.consent_version,
                 "values": _json_ready(signup["raw"]), "topics": list(form.topics or []), "lang": lang}

@@ -22,6 +22,22 @@ def test_smtp_delivers_multipart_and_keeps_its_connection(ctx, smtp_server):
     assert len({m["message"]["Message-ID"] for m in messages}) == 3
 
 
+def test_smtp_envelope_comes_from_the_headers_with_or_without_display_names(ctx, smtp_server):
+    from campaigns.rendering import build_message
+
+    cases = [("plain@example.org", "Envoi <news@example.org>", "news@example.org"),
+             ("Zoé Écrit <zoe@example.org>", "\"Boutique, Lyon\" <shop@example.org>", "shop@example.org"),
+             ("bare@example.org", "bounce@example.org", "bounce@example.org")]
+    for to, sender, envelope_from in cases:
+        msg = build_message(to, "Objet", "texte", None, sender=sender, message_id="<m@example.org>")
+        assert send_email(msg) == "<m@example.org>"
+    received = smtp_server.wait_for(3)
+    assert [(m["from"], m["to"]) for m in received] == [
+        ("news@example.org", ["plain@example.org"]), ("shop@example.org", ["zoe@example.org"]),
+        ("bounce@example.org", ["bare@example.org"])]
+    assert received[1]["message"]["To"] == "Zoé Écrit <zoe@example.org>"
+
+
 def test_smtp_refusals_are_classified(ctx, smtp_server):
     smtp_server.refuse["gone@example.org"] = (550, "5.1.1 no such user")
     smtp_server.refuse["later@example.org"] = (451, "4.3.0 try later")

@@ -134,6 +134,8 @@ def test_sigkill_mid_campaign_loses_nothing_and_duplicates_at_most_the_in_flight
           f"stats {stats}, {time.monotonic() - started:.1f} s")
     assert len(per_address) == RECIPIENTS  # every recipient got the message
     assert stats["sent"] == RECIPIENTS and stats["status"] == "sent"
-    # At most the rows the dead worker held (one batch per thread) went twice, and stats say so.
-    assert duplicates <= stats["duplicates_possible"] <= in_flight <= BATCH * THREADS
+    # At most the message each of the dead worker's threads was sending went twice, and stats
+    # say so; the rest of the rows it held were settled from their progress marks.
+    assert duplicates <= stats["duplicates_possible"] <= THREADS
+    assert in_flight <= BATCH * THREADS
     assert "Traceback" not in second.log.read_text()

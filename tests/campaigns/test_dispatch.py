@@ -301,20 +301,38 @@ def test_scheduled_campaign_starts_when_due(app, ctx, smtp_server, run_worker):
 
 
 def test_a_lost_batch_is_requeued_and_an_expired_lease_reclaimed(app, ctx, smtp_server, stub_broker, run_worker):
-    ids = make_contacts(3)
+    from campaigns.ratelimit import redis_client
+
+    ids = make_contacts(4)
     campaign_id = make_campaign()
     dispatch.launch(campaign_id)
     stub_broker.flush_all()  # the broker lost the batch
-    # And a worker died holding one row: its lease expired.
-    db.session.execute(sa.update(Delivery).where(Delivery.contact_id == ids[0]).values(
+    # And a worker died holding three rows (their lease expired): one it never reached, one it
+    # was sending (marked 'a' in Redis), one the SMTP server had accepted (marked sent).
+    rows = deliveries(campaign_id)
+    held = [rows[c].id for c in ids[:3]]
+    db.session.execute(sa.update(Delivery).where(Delivery.id.in_(held)).values(
         status="sending", attempts=1, lease_until=utcnow() - timedelta(seconds=1)))
     db.session.commit()
+    accepted_at = utcnow() - timedelta(seconds=30)
+    redis_client().hset(dispatch._progress_key(campaign_id), mapping={
+        held[1]: "a", held[2]: f"s {accepted_at.isoformat()} <queued-as-42@example.org>"})
     report = dispatch.requeue_due()
-    assert report["reclaimed"] == 1 and report["requeued"] == 1
+    assert report["reclaimed"] == 3 and report["requeued"] == 1
     run_worker()
-    assert len(smtp_server.messages) == 3
+    # The accepted one is not sent again; the other three leave once each.
+    received = sorted(m["to"][0] for m in smtp_server.messages)
+    assert received == sorted(f"person{i}@example.org" for i in (0, 1, 3))
+    rows = deliveries(campaign_id)
+    assert (rows[ids[2]].status, rows[ids[2]].provider_id) == ("sent", "<queued-as-42@example.org>")
+    assert abs((rows[ids[2]].sent_at - accepted_at).total_seconds()) < 1
+    assert [(rows[c].attempts, rows[c].reclaims) for c in ids[:2]] == [(1, 0), (2, 1)]
     stats = dispatch.stats(campaign_id)
-    assert (stats["sent"], stats["duplicates_possible"], stats["status"]) == (3, 1, "sent")
+    # Only the row whose send was under way at the crash may have gone twice.
+    assert (stats["sent"], stats["duplicates_possible"], stats["status"]) == (4, 1, "sent")
+    sent_events = db.session.scalars(sa.select(MessageEvent.contact_id).where(
+        MessageEvent.campaign_id == campaign_id, MessageEvent.kind == "sent")).all()
+    assert sorted(sent_events) == sorted(ids)
 
 
 def test_statements_per_batch_do_not_grow_with_its_size(app, ctx, smtp_server):

@@ -270,3 +270,29 @@ def test_fifty_concurrent_signups_send_at_most_one_email(app, make_form, smtp_se
         assert _count() == 1
         assert db.session.scalar(sa.select(sa.func.count()).select_from(ConsentEvent)) == 1
     assert len(smtp_server.messages) == 1
+
+
+def test_new_signup_budget_five_statements_and_stored_pending(app, client, make_form):
+    """A new address on a double opt-in form: read the form, look the address up, insert the
+    contact already pending, the consent request and the signup action. No UPDATE after the
+    INSERT, no attribute-types query when the signup carries no attributes."""
+    form = make_form()
+    with app.app_context():
+        engine = db.engine
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement.split(None, 1)[0].upper())
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        resp = signup(client, app, form, {"email": "budget@example.org", "first_name": "Ada"})
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert sorted(statements) == ["INSERT", "INSERT", "INSERT", "SELECT", "SELECT"], statements
+    with app.app_context():
+        contact = db.session.scalar(sa.select(Contact))
+        assert (contact.email, contact.email_status) == ("budget@example.org", "pending")
+        assert contact.email_status_at is not None and contact.updated_at == contact.created_at
+        assert db.session.scalar(sa.select(ConsentEvent.kind)) == "requested"
