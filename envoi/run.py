@@ -164,6 +164,7 @@ def _announce_when_ready(host: str, port: int, admin_lines: list[str], stop: thr
         "",
         f"Envoi is up:  {base}/healthz",
         f"API document: {base}/api/v1/openapi.json",
+        f"Admin UI:     {base}/admin  (the dev outbox is at {base}/admin/outbox)",
         *admin_lines,
         f"API token:    {flask} --app wsgi tokens create admin@localhost",
         "Stop with Ctrl-C.",

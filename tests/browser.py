@@ -15,7 +15,9 @@ from werkzeug.serving import make_server
 
 from tests.conftest import configured, free_port
 
-__all__ = ["live_server", "host_site", "chromium", "browser_page", "HostSite", "LiveServer", "CHROMIUM"]
+# `chromium` is not exported: tests/conftest.py registers it once for the whole run. Imported
+# into two test modules it would be two session fixtures, two Playwright loops in one thread.
+__all__ = ["live_server", "host_site", "browser_page", "HostSite", "LiveServer", "CHROMIUM"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

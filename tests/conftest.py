@@ -234,3 +234,7 @@ class configured:
 
     def __exit__(self, *exc):
         self.app.config.update(self.saved)
+
+
+# One headless chromium for every browser test module (tests/browser.py).
+from tests.browser import chromium  # noqa: E402,F401

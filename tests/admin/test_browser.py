@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.admin.conftest import PASSWORD
-from tests.browser import LiveServer, chromium  # noqa: F401  (chromium: the fixture)
+from tests.browser import LiveServer
 from tests.conftest import ROOT, configured
 
 
@@ -49,7 +49,7 @@ def shots() -> Path:
     path = Path(os.environ.get("ENVOI_TEST_SCREENSHOTS") or ROOT / "test-artifacts" / "admin-journey")
     path.mkdir(parents=True, exist_ok=True)
     for old in path.glob("*.png"):
-        old.unlink()
+        old.unlink(missing_ok=True)  # a concurrent run may have removed it
     return path
 
 

@@ -27,7 +27,7 @@ from tests.workers.test_processes import stop_group, worker_env
 RECIPIENTS = 1500
 BATCH = 50
 THREADS = 2
-DEADLINE = 55  # seconds for the whole test
+DEADLINE = 150  # seconds for the whole test (a bound against hanging on a loaded machine, not a timing)
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_sigkill_mid_campaign_loses_nothing_and_duplicates_at_most_the_in_flight
         # Kill the worker once it is well into the campaign.
         while len(smtp_server.messages) < RECIPIENTS // 4:
             assert first.poll() is None, first.log.read_text()[-3000:]
-            assert time.monotonic() - started < 25, "the worker did not start sending"
+            assert time.monotonic() - started < 90, "the worker did not start sending"
             time.sleep(0.02)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(5)
