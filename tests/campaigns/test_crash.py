@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from dramatiq.brokers.redis import RedisBroker
 
 from campaigns import dispatch
-from campaigns.models import Delivery
+from campaigns.models import Campaign, Delivery
 from contacts.models import Contact
 from envoi.extensions import db
 from envoi.types import utcnow
@@ -114,8 +114,10 @@ def test_sigkill_mid_campaign_loses_nothing_and_duplicates_at_most_the_in_flight
             with app.app_context():
                 pending = db.session.scalar(sa.select(sa.func.count()).where(
                     Delivery.campaign_id == campaign_id, Delivery.status.in_(("queued", "sending"))))
+                # The last batch records its rows, then marks the campaign sent: wait for both.
+                status = db.session.scalar(sa.select(Campaign.status).where(Campaign.id == campaign_id))
                 db.session.remove()
-            return pending == 0
+            return pending == 0 and status != "sending"
 
         while not finished():
             assert second.poll() is None, second.log.read_text()[-3000:]
