@@ -7,11 +7,12 @@ def register(app) -> None:
     app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     app.config.setdefault("ADMIN_LOGIN_RATE", "10 per minute")
     app.config.setdefault("ADMIN_DASHBOARD_CACHE_SECONDS", 60)
+    from automation.admin import bp as automations_bp
     from campaigns.admin import bp as campaigns_bp
     from contacts.admin import bp as contacts_bp
     from envoi.admin.views import bp
     from optin.admin import bp as forms_bp
     from segments.admin import bp as segments_bp
 
-    for blueprint in (bp, contacts_bp, forms_bp, segments_bp, campaigns_bp):
+    for blueprint in (bp, contacts_bp, forms_bp, segments_bp, campaigns_bp, automations_bp):
         app.register_blueprint(blueprint)

@@ -52,6 +52,14 @@ FR = {
     "Contact id": "Identifiant du contact", "Details": "Détails", "Download": "Télécharger",
     "Upload": "Envoyer", "Subscribe every row to topic": "Abonner chaque ligne à la thématique",
     "Imports": "Imports", "Data": "Données", "Figures as of": "Chiffres au", "Refresh": "Actualiser",
+    "Automations": "Automatisations", "New automation": "Nouvelle automatisation", "Trigger": "Déclencheur",
+    "Steps": "Étapes", "Step": "Étape", "Kind": "Type", "Enable": "Activer", "Enabled at": "Activée le",
+    "Runs": "Parcours", "Entered": "Entrés", "Waiting": "En attente", "Exited": "Sortis", "Done": "Terminés",
+    "Definition": "Définition", "Definition (JSON)": "Définition (JSON)", "Reentry": "Réentrée", "Then": "Alors",
+    "Else": "Sinon", "days": "jours", "hours": "heures", "minutes": "minutes", "until": "jusqu'à",
+    "Pause it to change its steps.": "Suspendez-la pour modifier ses étapes.",
+    "It is created as a draft: nothing runs until it is enabled.":
+    "Elle est créée en brouillon : rien ne s'exécute avant son activation.",
 }
 TEXTS = {"en": {}, "fr": FR}
 
