@@ -18,7 +18,7 @@ stale a year).
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -50,7 +50,9 @@ def period(start: datetime | None, end: datetime | None, now: datetime | None = 
 def customers_report(start: datetime | None = None, end: datetime | None = None, now: datetime | None = None) -> dict:
     """Revenue per customer, purchase frequency and retention over [start, end)."""
     start, end = period(start, end, now)
-    previous = start - (end - start)
+    # The period before, as long; clamped at the calendar's start for a range of centuries.
+    earliest = datetime.min.replace(tzinfo=timezone.utc)
+    previous = start - (end - start) if start - earliest > end - start else earliest
     in_period = sa.and_(P.c.occurred_at >= start, P.c.occurred_at < end)
     in_previous = sa.and_(P.c.occurred_at >= previous, P.c.occurred_at < start)
     revenue, customers, purchases = db.session.execute(sa.select(
