@@ -25,8 +25,8 @@ from statistics import median
 
 import sqlalchemy as sa
 
-from bench.common import log, machine_lines, percentile, postgres_version, reset_and_migrate, start_redis, \
-    write_section
+from bench.common import (fresh_database, log, machine_lines, percentile, postgres_version, reset_and_migrate,
+                          start_redis, write_section)
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1/envoi_bench_admin"
 BAR_MS = 300
@@ -117,7 +117,8 @@ def main(argv=None) -> None:
 
     fill_times: dict[str, float] = {}
     if not args.reuse:
-        log("reset + flask db upgrade")
+        log("fresh database + flask db upgrade")
+        fresh_database(args.url)  # created when missing (run outside `make bench`)
         reset_and_migrate(args.url)
         fill_times = fill(args.url, args.contacts)
 
