@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import sqlalchemy as sa
-from flask import Response, abort, current_app, flash, g, redirect, render_template, request, send_file, \
+from flask import Response, abort, flash, g, redirect, render_template, request, send_file, \
     stream_with_context, url_for
 
 from contacts import exporter, importer, services
@@ -153,20 +152,7 @@ def upload():
     upload = request.files.get("file")
     topic = (request.form.get("topic") or "").strip() or None
     try:
-        if upload is None or not upload.filename:
-            raise ValidationError("no file", {"file": "choose a CSV file"})
-        if topic and db.session.scalar(sa.select(Topic.id).where(Topic.slug == topic)) is None:
-            raise ValidationError("unknown topic", {"topic": f"no topic {topic!r}"})
-        folder = current_app.config["IMPORT_DIR"]
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{uuid.uuid4().hex}.csv")
-        upload.save(path)
-        try:
-            importer.read_layout(path)  # a bad file is refused now, not a failed job later
-        except ValidationError:
-            os.remove(path)
-            raise
-        job = importer.create_job(os.path.basename(upload.filename), path, topic=topic, author_id=g.user.id)
+        job = importer.accept_upload(upload, topic, g.user.id)
         job_id = job.id
         db.session.commit()  # enqueues the worker
     except EnvoiError as err:

@@ -651,6 +651,28 @@ def _dialect() -> str:
 
 # --- jobs (API uploads run by a worker) -------------------------------------------------------
 
+def accept_upload(upload, topic: str | None, author_id: int | None) -> ImportJob:
+    """An uploaded CSV (a werkzeug FileStorage) checked and recorded as a queued job, flushed but
+    not committed (see create_job). A missing file, an unknown topic or a file that is not a
+    contacts CSV is a ValidationError now, not a failed job later; nothing is kept then."""
+    import uuid
+
+    if upload is None or not upload.filename:
+        raise ValidationError("no file", {"file": "required: a CSV file sent as multipart field 'file'"})
+    if topic and db.session.scalar(sa.select(Topic.id).where(Topic.slug == topic)) is None:
+        raise ValidationError("unknown topic", {"topic": f"no topic {topic!r}"})
+    folder = current_app.config["IMPORT_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{uuid.uuid4().hex}.csv")
+    upload.save(path)
+    try:
+        read_layout(path)
+    except ValidationError:
+        os.remove(path)
+        raise
+    return create_job(os.path.basename(upload.filename), path, topic=topic, author_id=author_id)
+
+
 def create_job(filename: str, path: str, *, topic: str | None, author_id: int | None) -> ImportJob:
     """Record an uploaded file as a queued import, flushed but not committed.
 

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import os
-import uuid
 
-from flask import current_app, g, request, send_file
+from flask import g, request, send_file
 from flask_smorest import Blueprint
 
 from contacts import importer
-from contacts.models import ImportJob, Topic
+from contacts.models import ImportJob
 from contacts.schemas import ImportJobSchema
 from envoi.api import SECURITY
 from envoi.auth.api import require
-from envoi.errors import NotFound, ValidationError
+from envoi.errors import NotFound
 from envoi.extensions import db
 
 imports_blp = Blueprint("imports", __name__, url_prefix="/imports", description="CSV imports run by a worker")
@@ -42,22 +41,8 @@ def _get_job(job_id: int) -> ImportJob:
 @require("marketer")
 def upload():
     """Upload a CSV file; a worker imports it. Poll GET /imports/{id} for the counts."""
-    upload = request.files.get("file")
-    if upload is None or not upload.filename:
-        raise ValidationError("no file", {"file": "required: a CSV file sent as multipart field 'file'"})
     topic = (request.form.get("topic") or "").strip() or None
-    if topic and db.session.scalar(db.select(Topic.id).where(Topic.slug == topic)) is None:
-        raise ValidationError("unknown topic", {"topic": f"no topic {topic!r}"})
-    folder = current_app.config["IMPORT_DIR"]
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{uuid.uuid4().hex}.csv")
-    upload.save(path)
-    try:
-        importer.read_layout(path)  # a bad file is a 422 now, not a failed job later
-    except ValidationError:
-        os.remove(path)
-        raise
-    job = importer.create_job(os.path.basename(upload.filename), path, topic=topic, author_id=g.user.id)
+    job = importer.accept_upload(request.files.get("file"), topic, g.user.id)
     accepted = _job_dict(job)
     db.session.commit()
     return accepted, 202
