@@ -8,7 +8,7 @@ import json
 from flask import abort, flash, redirect, render_template, request, url_for
 
 from automation import services
-from envoi.admin.shell import admin_blueprint, flash_error, t
+from envoi.admin.shell import admin_blueprint, control_views, t
 from envoi.errors import EnvoiError, ValidationError
 from envoi.extensions import db
 
@@ -99,21 +99,4 @@ def update(automation_id: int):
     return redirect(url_for(".show", automation_id=automation_id), 303)
 
 
-def _control(name: str):
-    def view(automation_id: int):
-        try:
-            getattr(services, name)(automation_id)
-            flash(t("Saved."), "ok")
-        except EnvoiError as err:
-            db.session.rollback()
-            if err.status == 404:
-                raise
-            flash_error(err)
-        return redirect(url_for(".show", automation_id=automation_id), 303)
-
-    view.__name__ = name
-    return view
-
-
-for _name in ("enable", "pause", "resume"):
-    bp.post(f"/<id:automation_id>/{_name}", endpoint=_name)(_control(_name))
+control_views(bp, services, ("enable", "pause", "resume"), "automation_id")

@@ -13,7 +13,7 @@ from campaigns.models import Delivery
 from campaigns.sms import sms_info
 from contacts.models import Topic
 from envoi.admin import charts
-from envoi.admin.shell import admin_blueprint, cached, flash_error, int_arg, role, t
+from envoi.admin.shell import admin_blueprint, cached, control_views, flash_refusal, int_arg, role, t
 from envoi.errors import EnvoiError, ValidationError
 from envoi.extensions import db
 
@@ -169,31 +169,11 @@ def send(campaign_id: int):
         dispatch.launch(campaign_id, at=when, author_id=g.user.id)
         flash(t("Saved."), "ok")
     except EnvoiError as err:
-        db.session.rollback()
-        if err.status == 404:
-            raise
-        flash_error(err)
+        flash_refusal(err)
     return redirect(url_for(".show", campaign_id=campaign_id), 303)
 
 
-def _control(name: str):
-    def view(campaign_id: int):
-        try:
-            getattr(dispatch, name)(campaign_id)
-            flash(t("Saved."), "ok")
-        except EnvoiError as err:
-            db.session.rollback()
-            if err.status == 404:
-                raise
-            flash_error(err)
-        return redirect(url_for(".show", campaign_id=campaign_id), 303)
-
-    view.__name__ = name
-    return view
-
-
-for _name in ("pause", "resume", "cancel"):
-    bp.post(f"/<id:campaign_id>/{_name}", endpoint=_name)(_control(_name))
+control_views(bp, dispatch, ("pause", "resume", "cancel"), "campaign_id")
 
 
 @bp.post("/<id:campaign_id>/delete")
@@ -201,10 +181,7 @@ def delete(campaign_id: int):
     try:
         services.delete_campaign(campaign_id)
     except EnvoiError as err:
-        db.session.rollback()
-        if err.status == 404:
-            raise
-        flash_error(err)
+        flash_refusal(err)
         return redirect(url_for(".show", campaign_id=campaign_id), 303)
     flash(t("Saved."), "ok")
     return redirect(url_for(".index"), 303)
@@ -219,10 +196,7 @@ def test(campaign_id: int):
         for r in results:
             flash(f"{t('Sent')}: {r['to']}" if r["sent"] else f"{r['to']}: {r['error']}", "ok" if r["sent"] else "error")
     except EnvoiError as err:
-        db.session.rollback()
-        if err.status == 404:
-            raise
-        flash_error(err)
+        flash_refusal(err)
     return redirect(url_for(".show", campaign_id=campaign_id), 303)
 
 

@@ -117,6 +117,36 @@ def flash_error(err) -> None:
     flash(f"{getattr(err, 'message', str(err))}" + (f" ({fields})" if fields else ""), "error")
 
 
+def flash_refusal(err) -> None:
+    """A domain error refusing an admin action: rolled back; a 404 stays a 404 page, anything
+    else is flashed on the page the action returns to."""
+    db.session.rollback()
+    if err.status == 404:
+        raise err
+    flash_error(err)
+
+
+def control_views(bp: Blueprint, service, names, id_arg: str) -> None:
+    """POST <prefix>/<id>/<name> for each name: `service.<name>(id)` (the API's function), then
+    back to the object's page with the outcome flashed."""
+    from envoi.errors import EnvoiError
+
+    def make(name: str):
+        def view(**ids):
+            try:
+                getattr(service, name)(ids[id_arg])
+                flash(t("Saved."), "ok")
+            except EnvoiError as err:
+                flash_refusal(err)
+            return redirect(url_for(".show", **ids), 303)
+
+        view.__name__ = name
+        return view
+
+    for name in names:
+        bp.post(f"/<id:{id_arg}>/{name}", endpoint=name)(make(name))
+
+
 def t(key: str) -> str:
     """Translate in a view (flash messages)."""
     return translator(pick_lang(current_user()))(key)
