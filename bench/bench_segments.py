@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from statistics import median
 
 import sqlalchemy as sa
 
-from bench.common import log, machine_lines, percentile, postgres_version, reset_and_migrate, write_section
+from bench.common import (log, machine_lines, percentile, postgres_version, reset_and_migrate, run_fill_steps,
+                          timed, write_section)
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1/envoi_bench_segments"
 
@@ -105,25 +105,10 @@ def fill(url: str, contacts: int, purchases: int) -> dict[str, float]:
                  ("aggregates", AGGREGATES_SQL, {}),
                  ("indexes", ";".join(d for _, d in indexes), {}),
                  ("vacuum analyze", "VACUUM ANALYZE", {}))
-        for name, sql, params in steps:
-            start = time.perf_counter()
-            for statement in filter(None, sql.split(";")) if name == "indexes" else [sql]:
-                conn.execute(sa.text(statement), params)
-            timings[name] = time.perf_counter() - start
-            log(f"{name}: {timings[name]:.1f} s")
+        run_fill_steps(conn, steps, timings)
         conn.execute(sa.text("SET session_replication_role = DEFAULT"))
     engine.dispose()
     return timings
-
-
-def timed(fn, runs: int) -> tuple[list[float], object]:
-    fn()  # warm the cache and the plan; not counted
-    values, result = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = fn()
-        values.append((time.perf_counter() - start) * 1000)
-    return values, result
 
 
 def explain(session, stmt) -> list[str]:

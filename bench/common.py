@@ -190,3 +190,27 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
             raise SystemExit("could not start the venv's redis-server")
         time.sleep(0.1)
     return proc, url
+
+
+def run_fill_steps(conn, steps, timings: dict) -> None:
+    """Run (name, sql, params) fill steps on `conn`, logging and recording each one's seconds.
+    The "indexes" step is a `;`-joined list of CREATE INDEX statements, run one by one."""
+    import sqlalchemy as sa
+
+    for name, sql, params in steps:
+        start = time.perf_counter()
+        for statement in filter(None, sql.split(";")) if name == "indexes" else [sql]:
+            conn.execute(sa.text(statement), params)
+        timings[name] = time.perf_counter() - start
+        log(f"{name}: {timings[name]:.1f} s")
+
+
+def timed(fn, runs: int) -> tuple[list[float], object]:
+    """Milliseconds of `runs` calls of fn after one warm-up call (caches, plans), and the last result."""
+    fn()
+    values, result = [], None
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        values.append((time.perf_counter() - start) * 1000)
+    return values, result
