@@ -17,7 +17,7 @@ from tests.conftest import configured, free_port
 
 # `chromium` is not exported: tests/conftest.py registers it once for the whole run. Imported
 # into two test modules it would be two session fixtures, two Playwright loops in one thread.
-__all__ = ["live_server", "host_site", "browser_page", "HostSite", "LiveServer", "CHROMIUM"]
+__all__ = ["live_server", "host_site", "browser_page", "HostSite", "LiveServer", "CHROMIUM", "serve_live"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,15 +41,14 @@ class LiveServer:
         self.thread.join(5)
 
 
-@pytest.fixture
-def live_server(app, smtp_server):
-    """The app on http://127.0.0.1:<free port> (BASE_URL points there, so emailed links open
-    it), email to the real SMTP server, and a Dramatiq worker thread running queued actors."""
+def serve_live(app, **config):
+    """The app on http://127.0.0.1:<free port> (BASE_URL points there, so sent links open it)
+    with `config` applied and a Dramatiq worker thread running queued actors."""
     from workers import broker
     from workers.broker import app_context_middleware
 
     server = LiveServer(app)
-    with configured(app, BASE_URL=server.url, SIGNUP_MIN_SECONDS=0):
+    with configured(app, BASE_URL=server.url, SIGNUP_MIN_SECONDS=0, **config):
         app_context_middleware(broker)._app = app
         broker.flush_all()
         worker = dramatiq.Worker(broker, worker_timeout=100)
@@ -60,6 +59,13 @@ def live_server(app, smtp_server):
         finally:
             server.stop()
             worker.stop()
+            broker.flush_all()
+
+
+@pytest.fixture
+def live_server(app, smtp_server):
+    """The live app sending email to the real SMTP server (see serve_live)."""
+    yield from serve_live(app)
 
 
 class HostSite:

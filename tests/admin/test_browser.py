@@ -13,35 +13,18 @@ import os
 import re
 from pathlib import Path
 
-import dramatiq
 import pytest
 from playwright.sync_api import expect
 
 from tests.admin.conftest import PASSWORD
-from tests.browser import LiveServer
-from tests.conftest import ROOT, configured
+from tests.browser import serve_live
+from tests.conftest import ROOT
 
 
 @pytest.fixture
 def outbox_server(app):
     """The app live on loopback with the dev outbox (no SMTP, no Twilio) and a worker thread."""
-    from workers import broker
-    from workers.broker import app_context_middleware
-
-    server = LiveServer(app)
-    with configured(app, BASE_URL=server.url, SIGNUP_MIN_SECONDS=0, SMTP_URL=None, TWILIO_ACCOUNT_SID=None,
-                    TWILIO_AUTH_TOKEN=None):
-        app_context_middleware(broker)._app = app
-        broker.flush_all()
-        worker = dramatiq.Worker(broker, worker_timeout=100)
-        worker.start()
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-            worker.stop()
-            broker.flush_all()
+    yield from serve_live(app, SMTP_URL=None, TWILIO_ACCOUNT_SID=None, TWILIO_AUTH_TOKEN=None)
 
 
 @pytest.fixture
