@@ -51,8 +51,10 @@ def customers_report(start: datetime | None = None, end: datetime | None = None,
     """Revenue per customer, purchase frequency and retention over [start, end)."""
     start, end = period(start, end, now)
     # The period before, as long; clamped at the calendar's start for a range of centuries.
-    earliest = datetime.min.replace(tzinfo=timezone.utc)
-    previous = start - (end - start) if start - earliest > end - start else earliest
+    try:
+        previous = start - (end - start)
+    except OverflowError:
+        previous = datetime.min.replace(tzinfo=timezone.utc)
     in_period = sa.and_(P.c.occurred_at >= start, P.c.occurred_at < end)
     in_previous = sa.and_(P.c.occurred_at >= previous, P.c.occurred_at < start)
     revenue, customers, purchases = db.session.execute(sa.select(
