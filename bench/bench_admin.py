@@ -26,7 +26,7 @@ from statistics import median
 import sqlalchemy as sa
 
 from bench.common import (fresh_database, log, machine_lines, percentile, postgres_version, reset_and_migrate,
-                          start_redis, write_section)
+                          start_redis, upgrade, write_section)
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1/envoi_bench_admin"
 BAR_MS = 300
@@ -77,7 +77,10 @@ PAGES = (
     ("contacts list", "/admin/contacts", False),
     ("contacts list, city = Lyon", "/admin/contacts?city=Lyon", False),
     ("contacts list, segment", "/admin/contacts?segment=1", False),
-    ("contacts list, search", "/admin/contacts?q=c12345", False),
+    ("contacts list, search by email (c12345)", "/admin/contacts?q=c12345", False),
+    ("contacts list, search by last name (last1234)", "/admin/contacts?q=last1234", False),
+    ("contacts list, search by phone (06 00 00 01)", "/admin/contacts?q=06+00+00+01", False),
+    ("contacts list, search matching everyone (c)", "/admin/contacts?q=c", False),
     ("contact page (timeline)", "/admin/contacts/2", False),
     ("campaigns list", "/admin/campaigns", False),
     ("campaign page (stats, chart; finished: cached <= 5 min)", "/admin/campaigns/1", False),
@@ -109,7 +112,8 @@ def main(argv=None) -> None:
     parser.add_argument("--url", default=os.environ.get("ENVOI_BENCH_DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--reuse", action="store_true", help="keep the data of a previous run")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the data of a previous run (new migrations are applied)")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.runs < 5:
@@ -121,6 +125,8 @@ def main(argv=None) -> None:
         fresh_database(args.url)  # created when missing (run outside `make bench`)
         reset_and_migrate(args.url)
         fill_times = fill(args.url, args.contacts)
+    else:
+        upgrade(args.url)  # the kept data gets the migrations added since it was filled
 
     workdir = Path(tempfile.mkdtemp(prefix="envoi-bench-admin-"))
     redis_proc, redis_url = start_redis(workdir)

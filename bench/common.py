@@ -151,6 +151,11 @@ def reset_and_migrate(url: str) -> None:
         conn.execute(sa.text("DROP SCHEMA IF EXISTS public CASCADE"))
         conn.execute(sa.text("CREATE SCHEMA public"))
     engine.dispose()
+    upgrade(url)
+
+
+def upgrade(url: str) -> None:
+    """`flask db upgrade` in a subprocess, as in production (a no-op when the schema is current)."""
     env = {**os.environ, "ENVOI_DATABASE_URL": url, "ENVOI_BROKER": "stub"}
     flask = [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"]
     out = subprocess.run(flask, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -89,6 +89,14 @@ class Contact(db.Model):
         # The admin dashboard's counts by status: an index-only pass instead of a table scan.
         sa.Index("ix_contacts_statuses", "email_status", "sms_status",
                  postgresql_where=sa.text("erased_at IS NULL"), sqlite_where=sa.text("erased_at IS NULL")),
+        # The admin's search box (contacts.query.quick_search): byte-wise prefix ranges on
+        # PostgreSQL, whatever the collation (migration 0009). SQLite uses the indexes above.
+        sa.Index("ix_contacts_email_prefix", "email",
+                 postgresql_ops={"email": "text_pattern_ops"}).ddl_if(dialect="postgresql"),
+        sa.Index("ix_contacts_last_name_prefix", sa.func.lower(sa.text("last_name")).label("lower_last_name"),
+                 postgresql_ops={"lower_last_name": "text_pattern_ops"}).ddl_if(dialect="postgresql"),
+        sa.Index("ix_contacts_phone_prefix", "phone",
+                 postgresql_ops={"phone": "text_pattern_ops"}).ddl_if(dialect="postgresql"),
     )
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from contacts.errors import Conflict, NotFound, Suppressed, ValidationError
 from contacts.models import (ACTION_KINDS, ATTRIBUTE_TYPES, PERSONAL_FIELDS, Action, AttributeDefinition,
                              ConsentEvent, Contact, ContactTopic, Purchase, Suppression, Topic)
-from contacts.query import has_tag
+from contacts.query import has_tag, quick_search
 from contacts.validation import (clean_contact, clean_tags, normalise_email, normalise_phone, parse_amount,
                                  parse_datetime)
 from envoi import MAX_ID
@@ -367,8 +367,7 @@ def contact_filters(filters: dict) -> list:
         conds.append(sa.exists().where(ContactTopic.contact_id == Contact.id, ContactTopic.topic_id == topic_id,
                                        ContactTopic.subscribed.is_(True)))
     if filters.get("q"):
-        q = filters["q"].strip().lower()
-        conds.append(sa.or_(Contact.email.startswith(q), sa.func.lower(Contact.last_name).startswith(q)))
+        conds.append(quick_search(filters["q"], region))
     if filters.get("updated_since"):
         conds.append(Contact.updated_at >= parse_datetime(filters["updated_since"], "updated_since"))
     if filters.get("segment") is not None:

@@ -41,7 +41,11 @@ def test_upgrade_downgrade_upgrade_and_models_match(app, tmp_path):
         flask_migrate.upgrade()
         with db.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
-        # Expression indexes cannot be reflected on every backend; everything else must match.
+            dialect = conn.dialect.name
+        # Expression indexes cannot be reflected on every backend, and an index declared for another
+        # backend (Index.ddl_if(dialect=...)) is not created here; everything else must match.
+        elsewhere = {i.name for t in db.metadata.tables.values() for i in t.indexes
+                     if i._ddl_if is not None and i._ddl_if.dialect not in (None, dialect)}
         assert [d for d in diff if not (d[0] in ("add_index", "remove_index") and d[1].name in
-                                        ("ix_contacts_city_id", "ix_contacts_last_name"))] == []
+                                        {"ix_contacts_city_id", "ix_contacts_last_name", *elsewhere})] == []
         db.engine.dispose()

@@ -60,6 +60,8 @@ FR = {
     "Pause it to change its steps.": "Suspendez-la pour modifier ses étapes.",
     "It is created as a draft: nothing runs until it is enabled.":
     "Elle est créée en brouillon : rien ne s'exécute avant son activation.",
+    "Matches the start of the email address, of the last name or of the phone number (06 12 … or +33 6 12 …).":
+    "Trouve le début de l'adresse e-mail, du nom de famille ou du numéro de téléphone (06 12 … ou +33 6 12 …).",
 }
 TEXTS = {"en": {}, "fr": FR}
 

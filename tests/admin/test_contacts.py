@@ -132,3 +132,29 @@ def test_import_refuses_a_missing_or_bad_file(marketer, viewer):
     resp = viewer.post("/admin/contacts/import", {"file": (io.BytesIO(b"email\na@b.org\n"), "x.csv")},
                        content_type="multipart/form-data")
     assert resp.status_code == 403
+
+
+def test_search_matches_the_start_of_email_last_name_or_phone(app, viewer):
+    from contacts.query import phone_prefix
+
+    _contact(app, "anne.martin@example.org", last_name="Dupont", phone="06 12 34 56 78")
+    _contact(app, "bob@example.org", last_name="Martin", phone="+44 7911 123456")
+    _contact(app, "carl@example.org", last_name="Dupond")
+    _contact(app, "d_x@example.org", last_name="Perez")
+
+    def found(q):
+        from urllib.parse import quote
+
+        page = viewer.get(f"/admin/contacts?q={quote(q)}").get_data(as_text=True)
+        return {e for e in ("anne.martin@", "bob@", "carl@", "d_x@") if e in page}
+
+    assert found("anne") == {"anne.martin@"}  # email
+    assert found("MARTIN") == {"bob@"}  # last name, any case; not the middle of an email
+    assert found("dupon") == {"anne.martin@", "carl@"}
+    assert found("06 12 34") == {"anne.martin@"}  # the national number
+    assert found("+33 6 12") == {"anne.martin@"}
+    assert found("0044 7911") == {"bob@"}
+    assert found("d_") == {"d_x@"} and found("b_") == set() and found("%") == set()  # no wildcards
+    assert found("12 34") == set()  # the start only
+    assert "start of the email address" in viewer.get("/admin/contacts").get_data(as_text=True)
+    assert phone_prefix("06 12", "FR") == "+33612" and phone_prefix("anne", "FR") is None
