@@ -2,7 +2,7 @@
 
 
 def register(app) -> None:
-    """Blueprints of the admin UI: the shell (login, dashboard, outbox, users) and one per domain."""
+    """Blueprints of the admin UI: the shell (login, dashboard, outbox, users, settings) and one per domain."""
     app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     app.config.setdefault("ADMIN_LOGIN_RATE", "10 per minute")
@@ -10,9 +10,10 @@ def register(app) -> None:
     from automation.admin import bp as automations_bp
     from campaigns.admin import bp as campaigns_bp
     from contacts.admin import bp as contacts_bp
+    from envoi.admin.settings import bp as settings_bp
     from envoi.admin.views import bp
     from optin.admin import bp as forms_bp
     from segments.admin import bp as segments_bp
 
-    for blueprint in (bp, contacts_bp, forms_bp, segments_bp, campaigns_bp, automations_bp):
+    for blueprint in (bp, contacts_bp, forms_bp, segments_bp, campaigns_bp, automations_bp, settings_bp):
         app.register_blueprint(blueprint)

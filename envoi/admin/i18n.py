@@ -62,6 +62,16 @@ FR = {
     "Elle est créée en brouillon : rien ne s'exécute avant son activation.",
     "Matches the start of the email address, of the last name or of the phone number (06 12 … or +33 6 12 …).":
     "Trouve le début de l'adresse e-mail, du nom de famille ou du numéro de téléphone (06 12 … ou +33 6 12 …).",
+    "Settings": "Réglages", "Description": "Description", "Label": "Libellé",
+    "Custom attributes": "Attributs personnalisés", "Running configuration": "Configuration en cours",
+    "What contacts subscribe to on forms and on their preferences page.":
+    "Ce à quoi les contacts s'abonnent sur les formulaires et sur leur page de préférences.",
+    "Declared with a type before contacts, forms and segments may use them (attributes.<key>); a declaration cannot be changed.":
+    "Déclarés avec un type avant que contacts, formulaires et segments les utilisent (attributes.<clé>) ; "
+    "une déclaration ne se modifie pas.",
+    "Read-only: set through ENVOI_* environment variables (or .env) and a restart. Secrets are masked.":
+    "Lecture seule : réglée par les variables d'environnement ENVOI_* (ou .env) et un redémarrage. "
+    "Les secrets sont masqués.",
 }
 TEXTS = {"en": {}, "fr": FR}
 
