@@ -7,12 +7,13 @@ import json
 import sqlalchemy as sa
 from flask import flash, jsonify, redirect, render_template, request, url_for
 
-from contacts.models import AttributeDefinition, Topic
+from contacts.models import CHANNELS, EMAIL_STATUSES, SMS_STATUSES, AttributeDefinition, Topic
 from envoi.admin.shell import admin_blueprint, role, t
 from envoi.errors import EnvoiError, ValidationError
 from envoi.extensions import db
-from segments import services
-from segments.rules import OPS_BY_KIND, contact_fields
+from segments import rfm, services
+from segments.models import MESSAGE_EVENT_KINDS
+from segments.rules import COMPARE_OPS, ENGAGEMENT_KEYS, OPS_BY_KIND, PURCHASE_KEYS, contact_fields
 
 bp = admin_blueprint("admin_segments", __name__, "/admin/segments")
 
@@ -20,12 +21,17 @@ EMPTY_RULES = {"all": []}
 
 
 def _catalog() -> dict:
-    """What the builder offers: fields with their kind, the operators of each kind, topics."""
+    """What the builder offers: fields with their kind, the operators of each kind, and the
+    choices of the other rule kinds (purchases, rfm, engagement, subscription) and of `not`."""
     fields = dict(contact_fields())
     for key, kind in db.session.execute(sa.select(AttributeDefinition.key, AttributeDefinition.type)):
         fields[f"attributes.{key}"] = kind
     return {"fields": fields, "ops": {k: list(v) for k, v in OPS_BY_KIND.items()},
-            "topics": db.session.scalars(sa.select(Topic.slug).order_by(Topic.slug)).all()}
+            "topics": db.session.scalars(sa.select(Topic.slug).order_by(Topic.slug)).all(),
+            "compare_ops": list(COMPARE_OPS), "rfm_groups": list(rfm.GROUPS), "rfm_dimensions": list(rfm.DIMENSIONS),
+            "event_kinds": list(MESSAGE_EVENT_KINDS), "channels": list(CHANNELS),
+            "statuses": {"email": list(EMAIL_STATUSES), "sms": list(SMS_STATUSES)},
+            "purchase_keys": list(PURCHASE_KEYS), "engagement_keys": list(ENGAGEMENT_KEYS)}
 
 
 def _page(segment: dict | None, errors: dict | None = None, status: int = 200):

@@ -72,6 +72,12 @@ FR = {
     "Read-only: set through ENVOI_* environment variables (or .env) and a restart. Secrets are masked.":
     "Lecture seule : réglée par les variables d'environnement ENVOI_* (ou .env) et un redémarrage. "
     "Les secrets sont masqués.",
+    "Purchases": "Achats", "RFM score": "Score RFM", "Engagement": "Engagement", "Subscription": "Abonnement",
+    "not": "non",
+    "Conditions on contact fields, tags and attributes; purchases (SKU, category, period, count, amount); RFM group or scores; engagement with messages (sent, opened, clicked …); subscription to a channel or a topic. Tick “not” to exclude, group with “Match all / any”.":
+    "Conditions sur les champs, étiquettes et attributs du contact ; achats (SKU, catégorie, période, nombre, "
+    "montant) ; groupe ou scores RFM ; engagement avec les messages (envoyé, ouvert, cliqué …) ; abonnement à un "
+    "canal ou à une thématique. Cochez « non » pour exclure, groupez avec « Toutes / Au moins une ».",
 }
 TEXTS = {"en": {}, "fr": FR}
 

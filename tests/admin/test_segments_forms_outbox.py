@@ -171,3 +171,22 @@ def test_dashboard_figures_are_cached_briefly_and_refreshable(app, viewer):
     with configured(app, ADMIN_DASHBOARD_CACHE_SECONDS=0):
         _contact(app, "c@example.org")
         assert re.search(r"<td>none</td><td class=\"num\">3</td>", viewer.get("/admin/").get_data(as_text=True))
+
+
+def test_builder_catalog_offers_every_rule_kind_of_the_grammar(app, marketer):
+    """The builder's choices come from segments.rules itself (a kind added there is offered here)."""
+    import html
+
+    from segments import rfm
+    from segments.models import MESSAGE_EVENT_KINDS
+    from segments.rules import COMPARE_OPS, ENGAGEMENT_KEYS, PURCHASE_KEYS
+
+    page = marketer.get("/admin/segments/new").get_data(as_text=True)
+    catalog = json.loads(html.unescape(re.search(r'data-catalog="([^"]+)"', page).group(1)))
+    assert catalog["rfm_groups"] == list(rfm.GROUPS) and catalog["rfm_dimensions"] == list(rfm.DIMENSIONS)
+    assert catalog["event_kinds"] == list(MESSAGE_EVENT_KINDS) and catalog["compare_ops"] == list(COMPARE_OPS)
+    assert catalog["purchase_keys"] == list(PURCHASE_KEYS) and catalog["engagement_keys"] == list(ENGAGEMENT_KEYS)
+    assert set(catalog["statuses"]) == set(catalog["channels"]) == {"email", "sms"}
+    js = marketer.get("/admin/static/admin.js").get_data(as_text=True)
+    for key in (*PURCHASE_KEYS, *ENGAGEMENT_KEYS, "group", "channel", "status", "topic", "not"):
+        assert f'"{key}"' in js or f"{key}:" in js, key  # an input of the builder (the browser test uses them)

@@ -115,6 +115,45 @@
       (Array.isArray(node.all) || Array.isArray(node.any));
   }
   function isCondition(node) { return node && typeof node === "object" && "field" in node; }
+  function isNot(node) {
+    return node && typeof node === "object" && !Array.isArray(node) && Object.keys(node).length === 1 &&
+      node.not && typeof node.not === "object" && !Array.isArray(node.not);
+  }
+  /* The other rule kinds of the grammar (segments/rules.py): {"purchases": {...}}, {"rfm": {...}} ... */
+  var RULE_KINDS = ["purchases", "rfm", "engagement", "subscription"];
+  function ruleKind(node) {
+    if (!node || typeof node !== "object" || Array.isArray(node)) { return null; }
+    var keys = Object.keys(node);
+    var inner = node[keys[0]];
+    return keys.length === 1 && RULE_KINDS.indexOf(keys[0]) >= 0 && inner && typeof inner === "object" &&
+      !Array.isArray(inner) ? keys[0] : null;
+  }
+  function days(key) { return { key: key, type: "int", placeholder: T.days }; }
+  var SPECS = {
+    purchases: [{ key: "sku", type: "list", placeholder: "SKU, SKU" }, { key: "category", type: "list" },
+                days("within_days"), days("older_than_days"), { key: "count", type: "cmp" },
+                { key: "amount", type: "cmp" }],
+    rfm: [{ key: "group", type: "list", choices: catalog.rfm_groups }].concat(catalog.rfm_dimensions.map(function (d) {
+      return { key: d, type: "cmp", placeholder: "1-5" };
+    })),
+    engagement: [{ key: "kind", type: "choice", choices: catalog.event_kinds, required: true },
+                 { key: "channel", type: "choice", choices: catalog.channels }, { key: "campaign_id", type: "int" },
+                 days("within_days"), days("older_than_days")],
+    subscription: [{ key: "channel", type: "choice", choices: catalog.channels },
+                   { key: "status", type: "choice", choices: function (o) { return catalog.statuses[o.channel] || []; } },
+                   { key: "topic", type: "choice", choices: catalog.topics }]
+  };
+  var DEFAULTS = {
+    purchases: function () { return { within_days: 90 }; },
+    rfm: function () { return { group: catalog.rfm_groups[0] }; },
+    engagement: function () { return { kind: "opened", within_days: 30 }; },
+    subscription: function () { return { channel: "email", status: "confirmed" }; }
+  };
+  function number(s) {
+    s = s.trim();
+    return s === "" || isNaN(Number(s)) ? s : Number(s);
+  }
+  function listOf(text) { return text.split(",").map(function (x) { return x.trim(); }).filter(Boolean); }
   function kindOf(field) { return catalog.fields[field] || "string"; }
   function noValue(op) { return op === "is_set" || op === "is_not_set"; }
 
@@ -170,6 +209,83 @@
     return row;
   }
 
+  /* One purchases / rfm / engagement / subscription rule: an input per key of its object; an
+   * empty input drops the key. `obj` is the rule's inner object, changed in place. */
+  function kindRow(kind, obj, onChange, onRemove) {
+    var row = el("div", { "class": "cond rule-" + kind, role: "group", "aria-label": kind });
+    function part(spec) {
+      var name = kind + "." + spec.key;
+      var v = obj[spec.key];
+      var label = el("label", { "class": "part" }, [spec.key.replace(/_/g, " ") + " "]);
+      if (spec.type === "choice") {
+        var sel = el("select", { "aria-label": name });
+        var choices = typeof spec.choices === "function" ? spec.choices(obj) : spec.choices;
+        if (!spec.required) { sel.appendChild(el("option", { value: "", text: "—" })); }
+        choices.forEach(function (c) { sel.appendChild(el("option", { value: c, text: c })); });
+        sel.value = v === undefined ? "" : String(v);
+        sel.addEventListener("change", function () {
+          if (sel.value === "") { delete obj[spec.key]; } else { obj[spec.key] = sel.value; }
+          if (kind === "subscription" && spec.key === "channel") {
+            if (sel.value === "") { delete obj.status; } else if (!obj.status) { obj.status = "confirmed"; }
+          }
+          draw(); onChange();
+        });
+        label.appendChild(sel);
+      } else if (spec.type === "cmp") {
+        var opSel = el("select", { "aria-label": name + ".op" }, [el("option", { value: "", text: "—" })]);
+        catalog.compare_ops.forEach(function (op) { opSel.appendChild(el("option", { value: op, text: op.replace(/_/g, " ") })); });
+        var val = el("input", { type: "text", "class": "value", "aria-label": name + ".value", placeholder: spec.placeholder || "" });
+        opSel.value = v && v.op ? v.op : "";
+        val.value = v && v.value !== undefined ? (Array.isArray(v.value) ? v.value.join(", ") : String(v.value)) : "";
+        var sync = function () {
+          if (!opSel.value) { delete obj[spec.key]; onChange(); return; }
+          var many = ["in", "not_in", "between"].indexOf(opSel.value) >= 0;
+          obj[spec.key] = { op: opSel.value, value: many ? listOf(val.value).map(number) : number(val.value) };
+          onChange();
+        };
+        opSel.addEventListener("change", sync); val.addEventListener("input", sync);
+        label.appendChild(opSel); label.appendChild(val);
+      } else {
+        var input = el("input", { type: spec.type === "int" ? "number" : "text", "aria-label": name,
+                                  placeholder: spec.placeholder || "" });
+        if (spec.choices) {
+          var listId = "choices-" + name.replace(/\W/g, "-");
+          if (!document.getElementById(listId)) {
+            root.parentNode.appendChild(el("datalist", { id: listId }, spec.choices.map(function (c) {
+              return el("option", { value: c });
+            })));
+          }
+          input.setAttribute("list", listId);
+          input.placeholder = spec.choices.slice(0, 3).join(", ") + "…";
+        }
+        input.value = v === undefined ? "" : (Array.isArray(v) ? v.join(", ") : String(v));
+        input.addEventListener("input", function () {
+          if (spec.type === "int") {
+            if (input.value.trim() === "") { delete obj[spec.key]; } else { obj[spec.key] = number(input.value); }
+          } else {
+            var items = listOf(input.value);
+            if (!items.length) { delete obj[spec.key]; } else { obj[spec.key] = items.length === 1 ? items[0] : items; }
+          }
+          onChange();
+        });
+        label.appendChild(input);
+      }
+      return label;
+    }
+    var body = el("span", { "class": "parts" });  /* redrawn when a choice changes the others */
+    function draw() {
+      body.innerHTML = "";
+      body.appendChild(el("span", { "class": "kind", text: T[kind] || kind }));
+      SPECS[kind].forEach(function (spec) { body.appendChild(part(spec)); });
+    }
+    draw();
+    var remove = el("button", { type: "button", "class": "remove", title: T.remove, "aria-label": T.remove, text: "×" });
+    remove.addEventListener("click", onRemove);
+    row.appendChild(body);
+    row.appendChild(remove);
+    return row;
+  }
+
   function groupBox(group, onChange, onRemove) {
     var mode = Array.isArray(group.all) ? "all" : "any";
     var box = el("div", { "class": "group", role: "group", "aria-label": mode });
@@ -192,8 +308,24 @@
       list.innerHTML = "";
       group[mode].forEach(function (child, i) {
         var removeChild = function () { group[mode].splice(i, 1); draw(); onChange(); };
-        if (isGroup(child)) { list.appendChild(groupBox(child, onChange, removeChild)); }
-        else if (isCondition(child)) { list.appendChild(conditionRow(child, onChange, removeChild)); }
+        var negated = isNot(child);
+        var inner = negated ? child.not : child;
+        var node = null;
+        if (isGroup(inner)) { node = groupBox(inner, onChange, removeChild); }
+        else if (isCondition(inner)) { node = conditionRow(inner, onChange, removeChild); }
+        else if (ruleKind(inner)) { node = kindRow(ruleKind(inner), inner[ruleKind(inner)], onChange, removeChild); }
+        if (node) {
+          /* "not": the rule is wrapped in {"not": rule}, or unwrapped. */
+          var negate = el("input", { type: "checkbox", "class": "negate", "aria-label": T.not });
+          negate.checked = negated;
+          negate.addEventListener("change", function () {
+            group[mode][i] = negate.checked ? { not: inner } : inner; draw(); onChange();
+          });
+          var where = node.querySelector(".group-head") || node;
+          where.insertBefore(el("label", { "class": "part not" }, [negate, " " + T.not]), where.firstChild);
+          if (negated) { node.classList.add("negated"); }
+          list.appendChild(node);
+        }
         else {
           var raw = el("div", { "class": "cond raw" }, [el("code", { text: JSON.stringify(child) })]);
           var rm2 = el("button", { type: "button", "class": "remove", "aria-label": T.remove, text: "×" });
@@ -210,7 +342,14 @@
     addGroup.addEventListener("click", function () {
       group[mode].push({ any: [{ field: "city", op: "eq", value: "" }] }); draw(); onChange();
     });
-    box.appendChild(el("div", { "class": "group-actions" }, [add, addGroup]));
+    var addKinds = RULE_KINDS.map(function (kind) {
+      var button = el("button", { type: "button", "class": "add-" + kind, text: "+ " + (T[kind] || kind) });
+      button.addEventListener("click", function () {
+        var rule = {}; rule[kind] = DEFAULTS[kind](); group[mode].push(rule); draw(); onChange();
+      });
+      return button;
+    });
+    box.appendChild(el("div", { "class": "group-actions" }, [add].concat(addKinds, [addGroup])));
     return box;
   }
 
