@@ -3,7 +3,7 @@ preview of the hosted page and of the popup, and the embed snippet. Saves throug
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import current_app, flash, redirect, render_template, request, url_for
+from flask import current_app, flash, make_response, redirect, render_template, request, url_for
 
 from contacts.models import AttributeDefinition, Topic
 from envoi.admin.shell import admin_blueprint, t
@@ -11,7 +11,7 @@ from envoi.errors import EnvoiError
 from envoi.extensions import db
 from optin import services
 from optin.i18n import pick_lang
-from optin.models import POPUP_TRIGGERS
+from optin.models import POPUP_TRIGGERS, Form
 
 bp = admin_blueprint("admin_forms", __name__, "/admin/forms")
 
@@ -19,9 +19,9 @@ LIST_KEYS = ("fields", "attributes", "channels", "topics")
 NUMBERS = ("delay_seconds", "scroll_percent", "frequency_days")
 
 
-def _posted() -> dict:
-    """The form's settings as the API's JSON would carry them."""
-    f = request.form
+def _posted(f=None) -> dict:
+    """The form's settings as the API's JSON would carry them (from the editor's fields)."""
+    f = request.form if f is None else f
     data: dict = {key: f.getlist(key) for key in LIST_KEYS}
     for key in ("slug", "title", "consent_text", "consent_version"):
         data[key] = (f.get(key) or "").strip()
@@ -120,3 +120,63 @@ def popup_preview(form_id: int):
     """A blank host page with the embed script: the popup as a site's visitor would see it."""
     form = services.get_form(form_id)
     return render_template("admin/forms/popup_preview.html", form=services.form_to_dict(form))
+
+
+# --------------------------------------------------------------------------- live preview
+
+def _unsaved() -> Form:
+    """The editor's current fields as a Form that is never added to the session (nothing is
+    saved): checked by the API's own validation (optin.services.clean_form)."""
+    form = Form(**services.clean_form(_posted(request.args)))
+    form.id = int(request.args["form_id"]) if request.args.get("form_id", "").isdigit() else 0
+    return form
+
+
+def _invalid(err: EnvoiError):
+    response = make_response(render_template("admin/forms/preview_errors.html", err=err), 422)
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+@bp.get("/live-preview")
+def live_preview():
+    """The hosted page as the editor's unsaved fields would render it (the editor's JS loads it as
+    you type). GET: it changes nothing; its own form posts nowhere useful (a preview)."""
+    from optin.views import _render_form
+
+    try:
+        form = _unsaved()
+    except EnvoiError as err:
+        return _invalid(err)
+    response = _render_form(form, pick_lang())
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'self'; form-action 'none'"
+    return response
+
+
+@bp.get("/live-popup")
+def live_popup():
+    """The popup on a blank host page, built by the real embed script from the unsaved settings
+    (popup-preview.js hands it this definition instead of fetching the saved one, and answers a
+    signup from it with a preview message: nothing is stored or sent)."""
+    from optin.views import _form_json
+
+    try:
+        form = _unsaved()
+    except EnvoiError as err:
+        return _invalid(err)
+    return render_template("admin/forms/popup_preview.html", form=services.form_to_dict(form),
+                           definition=_form_json(form, pick_lang()))
+
+
+@bp.get("/embed-preview.js")
+def embed_preview():
+    """The embed script for a slug that may not be saved yet (the live popup preview)."""
+    from optin.embed import _SAFE_SLUG, _javascript, _script
+
+    slug = request.args.get("slug", "")
+    if not _SAFE_SLUG.fullmatch(slug):
+        return _javascript("/* Envoi: not a form slug */\n", 404)
+    response = _javascript(_script(slug))
+    response.headers["Cache-Control"] = "no-store"
+    return response

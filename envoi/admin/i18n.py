@@ -73,7 +73,9 @@ FR = {
     "Lecture seule : réglée par les variables d'environnement ENVOI_* (ou .env) et un redémarrage. "
     "Les secrets sont masqués.",
     "Purchases": "Achats", "RFM score": "Score RFM", "Engagement": "Engagement", "Subscription": "Abonnement",
-    "not": "non",
+    "not": "non", "Signs up to": "Inscrit à",
+    "Updated as you type; nothing is saved until you press Save.":
+    "Mis à jour pendant la saisie ; rien n'est enregistré avant « Enregistrer ».",
     "Conditions on contact fields, tags and attributes; purchases (SKU, category, period, count, amount); RFM group or scores; engagement with messages (sent, opened, clicked …); subscription to a channel or a topic. Tick “not” to exclude, group with “Match all / any”.":
     "Conditions sur les champs, étiquettes et attributs du contact ; achats (SKU, catégorie, période, nombre, "
     "montant) ; groupe ou scores RFM ; engagement avec les messages (envoyé, ouvert, cliqué …) ; abonnement à un "

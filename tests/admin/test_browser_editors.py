@@ -133,3 +133,56 @@ def _shot_dir():
     path = Path(os.environ.get("ENVOI_TEST_SCREENSHOTS") or ROOT / "test-artifacts" / "admin-journey")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_form_editor_previews_the_hosted_page_and_the_popup_as_you_type(app, staff_page):
+    from contacts.models import Contact
+    from contacts.services import create_topic
+    from envoi.extensions import db
+    from optin.models import Form
+
+    with app.app_context():
+        create_topic("offers", "Special offers")
+    page = staff_page
+    page.goto(page.url.replace("/admin/", "/admin/forms/new"))
+    hosted = page.frame_locator("#form-preview")
+    expect(hosted.get_by_text("slug: lower-case letters")).to_be_visible()  # a new form: no slug yet
+    page.get_by_label("slug").fill("spring")
+    page.get_by_label("Title").fill("Spring letter")
+    expect(hosted.get_by_role("heading", name="Spring letter")).to_be_visible()
+    page.get_by_label("Consent text").fill("Yes, send me the spring letter.")
+    expect(hosted.get_by_text("Yes, send me the spring letter.")).to_be_visible()
+    page.locator("input[name=fields][value=city]").check()
+    expect(hosted.get_by_label("City")).to_be_visible()
+    page.locator("input[name=topics][value=offers]").check()
+    expect(page.locator("#preview-summary")).to_contain_text("Special offers")
+    expect(page.locator("#popup-preview-box")).to_be_hidden()  # inline: no popup
+
+    # A popup after 0 s: the embed script builds it from the unsaved settings.
+    page.locator("select[name=popup_trigger]").select_option("delay")
+    page.locator("input[name=popup_delay_seconds]").fill("0")
+    expect(page.locator("#popup-preview-box")).to_be_visible()
+    popup = page.frame_locator("#popup-preview")
+    expect(popup.get_by_text("Yes, send me the spring letter.")).to_be_visible()
+    page.get_by_label("Consent text").fill("Changed while the popup is open.")
+    expect(popup.get_by_text("Changed while the popup is open.")).to_be_visible()
+    expect(hosted.get_by_text("Changed while the popup is open.")).to_be_visible()
+    page.screenshot(path=str(_shot_dir() / "form-live-preview.png"), full_page=True)
+    # A signup from the live popup stores and sends nothing.
+    popup.get_by_label("Email").fill("nobody@example.org")
+    popup.get_by_label("Email").press("Enter")  # the dialog is taller than the preview frame
+    expect(popup.get_by_text("Preview: nothing was stored or sent.")).to_be_visible()
+    # A bad value is named in the preview, not a broken page.
+    page.get_by_label("Title").fill("")
+    expect(hosted.get_by_text("title: required")).to_be_visible()
+    history = page.evaluate("history.length")
+    page.get_by_label("Title").fill("Spring letter")
+    expect(hosted.get_by_role("heading", name="Spring letter")).to_be_visible()
+    assert page.evaluate("history.length") == history  # previews do not fill the back button
+    with app.app_context():
+        assert db.session.query(Form).count() == 0 and db.session.query(Contact).count() == 0
+    page.locator("#save-form").click()
+    expect(page.locator(".flash.ok")).to_be_visible()
+    with app.app_context():
+        form = db.session.query(Form).one()
+        assert form.topics == ["offers"] and form.popup["delay_seconds"] == 0

@@ -190,3 +190,31 @@ def test_builder_catalog_offers_every_rule_kind_of_the_grammar(app, marketer):
     js = marketer.get("/admin/static/admin.js").get_data(as_text=True)
     for key in (*PURCHASE_KEYS, *ENGAGEMENT_KEYS, "group", "channel", "status", "topic", "not"):
         assert f'"{key}"' in js or f"{key}:" in js, key  # an input of the builder (the browser test uses them)
+
+
+def test_live_preview_renders_unsaved_fields_and_saves_nothing(app, viewer):
+    from urllib.parse import urlencode
+
+    from optin.models import Form
+    from envoi.extensions import db
+
+    query = urlencode(_form_data(title="Draft title", slug="draft", fields=["email", "city"],
+                                 consent_text="Unsaved consent.", popup_trigger="exit"), doseq=True)
+    hosted = viewer.get(f"/admin/forms/live-preview?form_id=&{query}")
+    body = hosted.get_data(as_text=True)
+    assert hosted.status_code == 200 and "Draft title" in body and "Unsaved consent." in body and 'name="city"' in body
+    assert hosted.headers["X-Frame-Options"] == "SAMEORIGIN" and "form-action 'none'" in \
+        hosted.headers["Content-Security-Policy"]  # the preview's own form cannot sign anyone up
+    popup = viewer.get(f"/admin/forms/live-popup?{query}").get_data(as_text=True)
+    definition = json.loads(re.search(r'id="envoi-preview-form">(.*?)</script>', popup).group(1))
+    assert definition["consent_text"] == "Unsaved consent." and definition["popup"]["trigger"] == "exit"
+    assert [f["name"] for f in definition["fields"]] == ["email", "city"]
+    assert "/admin/forms/embed-preview.js?slug=draft" in popup
+    script = viewer.get("/admin/forms/embed-preview.js?slug=draft")
+    assert script.status_code == 200 and '"draft"' in script.get_data(as_text=True)
+    assert viewer.get("/admin/forms/embed-preview.js?slug=*/alert(1)").status_code == 404
+    bad = viewer.get("/admin/forms/live-preview?" + urlencode(_form_data(title="", popup_delay_seconds="-4")))
+    text = bad.get_data(as_text=True)
+    assert bad.status_code == 422 and "title: required" in text and "popup.delay_seconds" in text
+    with app.app_context():
+        assert db.session.query(Form).count() == 0

@@ -98,6 +98,41 @@
     });
   }
 
+  /* Form editor: the hosted page and the popup follow the unsaved fields (GET previews that
+   * change nothing; location.replace keeps them out of the back button's history). */
+  var editor = document.getElementById("form-editor");
+  var hostedFrame = document.getElementById("form-preview");
+  if (editor && hostedFrame && hostedFrame.getAttribute("data-live")) {
+    var popupFrame = document.getElementById("popup-preview");
+    var popupBox = document.getElementById("popup-preview-box");
+    var summary = document.getElementById("preview-summary");
+    var liveUrl = function (frame, params) {
+      var url = new URL(frame.getAttribute("data-live"), window.location.href);
+      params.forEach(function (value, key) { url.searchParams.append(key, value); });
+      return url.toString();
+    };
+    var checkedLabels = function (name) {
+      return Array.prototype.filter.call(editor.querySelectorAll('input[name="' + name + '"]'), function (box) {
+        return box.checked;
+      }).map(function (box) { return box.parentNode.textContent.trim(); });
+    };
+    var updatePreviews = debounce(function () {
+      var params = new URLSearchParams(new FormData(editor));
+      params.delete("_csrf");
+      hostedFrame.contentWindow.location.replace(liveUrl(hostedFrame, params));
+      var trigger = editor.elements.popup_trigger.value;
+      popupBox.hidden = trigger === "inline";
+      if (!popupBox.hidden) { popupFrame.contentWindow.location.replace(liveUrl(popupFrame, params)); }
+      var channels = checkedLabels("channels");
+      var topics = checkedLabels("topics");
+      summary.textContent = summary.getAttribute("data-label") + ": " + channels.concat(topics).join(", ") +
+        " · popup: " + trigger;
+    }, 400);
+    editor.addEventListener("input", updatePreviews);
+    editor.addEventListener("change", updatePreviews);
+    if (!hostedFrame.getAttribute("src")) { updatePreviews(); }  /* a new form: preview its defaults */
+  }
+
   /* ------------------------------------------------------------------ segment rule builder */
   var root = document.getElementById("builder");
   var jsonArea = document.getElementById("rules-json");
