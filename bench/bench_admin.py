@@ -10,7 +10,8 @@ statuses, a `requested` consent event per contact and a `granted` one per confir
 a campaign sent to it (one delivery per member, sent over two hours), and a contact with 200
 timeline entries. Then VACUUM ANALYZE.
 
-Each page is requested through the Flask test client as a logged-in marketer: the time is the
+Each page is requested through the Flask test client as a logged-in admin (the settings
+page is admin only): the time is the
 whole server side (session, queries, template), without the network. The bar is 300 ms per page.
 """
 from __future__ import annotations
@@ -86,7 +87,18 @@ PAGES = (
     ("campaign page (stats, chart; finished: cached <= 5 min)", "/admin/campaigns/1", False),
     ("campaign page, stats and chart recomputed", "/admin/campaigns/1", True),
     ("segment page", "/admin/segments/1", False),
+    ("segment builder (new segment)", "/admin/segments/new", False),
+    ("forms list", "/admin/forms", False),
+    ("form editor", "/admin/forms/{form}", False),
+    ("form live preview (unsaved fields)", "/admin/forms/live-preview?form_id={form}&{fields}", False),
+    ("form live popup preview", "/admin/forms/live-popup?form_id={form}&{fields}", False),
+    ("settings (topics, attributes, configuration)", "/admin/settings", False),
 )
+# What the form editor sends to its live previews as the marketer types.
+FORM_FIELDS = (("title", "Bench letter"), ("slug", "bench"), ("fields", "email"), ("fields", "first_name"),
+               ("channels", "email"), ("topics", "bench-news"), ("double_opt_in", "on"),
+               ("consent_text", "I agree."), ("consent_version", "1"), ("popup_trigger", "delay"),
+               ("popup_delay_seconds", "3"), ("popup_scroll_percent", "50"), ("popup_frequency_days", "7"))
 
 
 def fill(url: str, contacts: int) -> dict[str, float]:
@@ -159,8 +171,12 @@ def measure(args, redis_url: str, workdir: Path) -> tuple[dict[str, list[float]]
                   for name in ("contacts", "consent_events", "deliveries", "actions")}
         db.session.execute(sa.text("DELETE FROM users WHERE email = 'bench@example.org'"))
         db.session.commit()
-        create_user("bench@example.org", "marketer", PASSWORD)
+        create_user("bench@example.org", "admin", PASSWORD)  # admin: the settings page too
+        form_id = _bench_form()
         db.session.remove()
+    from urllib.parse import urlencode
+
+    fields = urlencode(FORM_FIELDS)
     client = app.test_client()
     page = client.get("/admin/login").get_data(as_text=True)
     token = re.search(r'name="_csrf" value="([^"]+)"', page).group(1)
@@ -171,6 +187,7 @@ def measure(args, redis_url: str, workdir: Path) -> tuple[dict[str, list[float]]
 
     cache = redis.Redis.from_url(redis_url)
     for name, path, cold in PAGES:
+        path = path.format(form=form_id, fields=fields)
         first = client.get(path)  # warm the cache and the plans; not counted
         if first.status_code != 200:
             raise SystemExit(f"{path}: HTTP {first.status_code}")
@@ -188,6 +205,27 @@ def measure(args, redis_url: str, workdir: Path) -> tuple[dict[str, list[float]]
     return results, counts
 
 
+def _bench_form() -> int:
+    """A topic, a custom attribute and a signup form for the forms and settings pages (kept by --reuse)."""
+    from contacts import services as contacts
+    from contacts.models import AttributeDefinition, Topic
+    from envoi.extensions import db
+    from optin import services as optin
+    from optin.models import Form
+
+    if not db.session.scalar(sa.select(Topic.id).where(Topic.slug == "bench-news")):
+        contacts.create_topic("bench-news", "Bench news")
+    if not db.session.scalar(sa.select(AttributeDefinition.id).where(AttributeDefinition.key == "bench_level")):
+        contacts.define_attribute("bench_level", "number", "Level")
+    form_id = db.session.scalar(sa.select(Form.id).where(Form.slug == "bench"))
+    if form_id is None:
+        data = {k: v for k, v in FORM_FIELDS if k not in ("fields", "topics", "channels") and not k.startswith("popup")}
+        form_id = optin.create_form({**data, "double_opt_in": True, "fields": ["email", "first_name"],
+                                     "channels": ["email"], "topics": ["bench-news"],
+                                     "popup": {"trigger": "delay", "delay_seconds": 3}}).id
+    return form_id
+
+
 def render(args, counts: dict[str, int], fill_times: dict[str, float], results: dict[str, list[float]]) -> str:
     lines = [
         "## Admin pages (bench/bench_admin.py)",
@@ -195,7 +233,7 @@ def render(args, counts: dict[str, int], fill_times: dict[str, float], results: 
         f"PostgreSQL {postgres_version(args.url)}; {counts['contacts']:,} contacts, "
         f"{counts['consent_events']:,} consent events, a campaign with {counts['deliveries']:,} deliveries, "
         f"a contact with {counts['actions']:,} timeline actions. Each page through the Flask test client as a "
-        f"logged-in marketer ({args.runs} runs after one warm-up; server time: session, queries, template).",
+        f"logged-in admin ({args.runs} runs after one warm-up; server time: session, queries, template).",
         "",
         *machine_lines(),
         "",
