@@ -39,7 +39,7 @@ def _starts_with(expr, prefix: str):
     text_pattern_ops operators (the *_prefix indexes of migration 0009, whatever the database's
     collation), on SQLite with its BINARY collation. No LIKE: `%` and `_` are plain characters."""
     if dialect() == "postgresql":
-        return sa.and_(expr.op("~>=~")(prefix), expr.op("~<~")(prefix + TOP))
+        return sa.and_(expr.bool_op("~>=~")(prefix), expr.bool_op("~<~")(prefix + TOP))
     return sa.and_(expr >= prefix, expr < prefix + TOP)
 
 

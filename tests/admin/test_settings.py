@@ -43,9 +43,9 @@ def test_bad_input_is_refused_with_the_field_and_reason(app, admin):
     assert admin.post("/admin/settings/topics/999999", {"action": "save", "name": "x"}).status_code == 404
 
 
-def test_running_configuration_masks_secrets(app, admin):
-    app.config["SMTP_URL"] = "smtp://mailer:hunter2-secret@127.0.0.1:2525"
-    app.config["TWILIO_AUTH_TOKEN"] = "twilio-token-value"
+def test_running_configuration_masks_secrets(app, admin, monkeypatch):
+    monkeypatch.setitem(app.config, "SMTP_URL", "smtp://mailer:hunter2-secret@127.0.0.1:2525")
+    monkeypatch.setitem(app.config, "TWILIO_AUTH_TOKEN", "twilio-token-value")
     page = admin.get("/admin/settings").get_data(as_text=True)
     assert "smtp://mailer:****@127.0.0.1:2525" in page and "hunter2-secret" not in page
     assert "twilio-token-value" not in page and app.config["SECRET_KEY"] not in page
