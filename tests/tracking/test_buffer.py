@@ -181,3 +181,15 @@ def test_without_redis_a_hit_is_written_directly(app, ctx, client):
     with configured(app, REDIS_URL="redis://127.0.0.1:1/0"):
         assert client.get(f"/t/o/{token}.gif", headers={"User-Agent": BROWSER}).status_code == 200
     assert written() == [(contact_id, campaign_id, "email", "opened", False, None)]
+
+
+def test_the_periodic_drainer_is_declared_and_drains(app, ctx, client):
+    import workers
+    from workers.tracking import drain_tracking_hits
+
+    assert drain_tracking_hits.actor_name in workers.broker.actors
+    (contact_id,) = make_contacts(1)
+    campaign_id = make_campaign()
+    token = tracking.open_token(campaign_id, contact_id, now=utcnow() - timedelta(hours=2))
+    client.get(f"/t/o/{token}.gif", headers={"User-Agent": BROWSER})
+    assert tracking.drain_for(0) == 1 and len(written()) == 1
