@@ -193,3 +193,20 @@ def test_the_periodic_drainer_is_declared_and_drains(app, ctx, client):
     token = tracking.open_token(campaign_id, contact_id, now=utcnow() - timedelta(hours=2))
     client.get(f"/t/o/{token}.gif", headers={"User-Agent": BROWSER})
     assert tracking.drain_for(0) == 1 and len(written()) == 1
+
+
+def test_admin_and_api_reports_see_drained_hits(app, ctx, client, viewer_api):
+    ids = make_contacts(3)
+    before = utcnow() - timedelta(hours=2)
+    campaign_id = make_campaign(started_at=before - timedelta(minutes=5))
+    for contact_id in ids[:2]:
+        token = tracking.open_token(campaign_id, contact_id, now=before)
+        client.get(f"/t/o/{token}.gif", headers={"User-Agent": BROWSER})
+    token = tracking.click_token(campaign_id, ids[2], "https://example.com/x", now=before)
+    client.get(f"/t/c/{token}", headers={"User-Agent": BROWSER})
+    assert viewer_api.get(f"/api/v1/campaigns/{campaign_id}/report").json["unique_opens"] == 0
+    tracking.drain_hits()
+    report = viewer_api.get(f"/api/v1/campaigns/{campaign_id}/report").json
+    assert (report["unique_opens"], report["unique_clicks"], report["opens"], report["clicks"]) == (3, 1, 2, 1)
+    overview = viewer_api.get("/api/v1/analytics/campaigns").json
+    assert [(c["id"], c["unique_opens"], c["unique_clicks"]) for c in overview["items"]] == [(campaign_id, 3, 1)]
