@@ -59,6 +59,15 @@ def minus_days(col, days: int) -> sa.ColumnElement:
     return sa.func.datetime(col, f"-{int(days)} days")
 
 
+def tune_for_report() -> None:
+    """PostgreSQL, for the rest of this transaction: no JIT (compiling the plan of a report costs
+    more than running it: 0.4 s of 1.2 s for the conversions) and room to hash a campaign's
+    contacts in memory (a count of distinct contacts otherwise sorts on disk)."""
+    if dialect() == "postgresql":
+        db.session.execute(sa.text("SET LOCAL jit = off"))
+        db.session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
+
+
 def ratio(a, b) -> float | None:
     return round(a / b, 4) if b else None
 
@@ -102,6 +111,7 @@ def campaign_report(campaign_id: int, start: datetime | None = None, end: dateti
                                   .where(Campaign.id == campaign_id)).one_or_none()
     if campaign is None:
         raise NotFound("campaign not found")
+    tune_for_report()
 
     # Counts per status: an index-only scan of (campaign_id, status, id).
     by_status = dict(db.session.execute(sa.select(D.c.status, sa.func.count())
@@ -153,11 +163,16 @@ def _conversions(campaign_id: int, first_sent, last_sent, start, end) -> dict:
     empty = {"conversions": 0, "purchases": 0, "revenue": "0.00", "window_days": days}
     if first_sent is None:
         return empty
-    recipients = sa.select(D.c.contact_id).where(D.c.campaign_id == campaign_id, D.c.status.in_(SENT))
-    where = [P.c.contact_id.in_(recipients), P.c.occurred_at >= first_sent,
-             P.c.occurred_at <= last_sent + timedelta(days=days), *_in_range(P.c.occurred_at, start, end)]
-    credited = (sa.select(P.c.contact_id, P.c.amount).where(*where)
-                .where(attributed_campaign(P, days) == campaign_id).subquery())
+    # The recipients' purchases in the window first (a join on the campaign's deliveries), then the
+    # attribution of those only: its two lookups per purchase are the cost of this figure.
+    candidates = (sa.select(P.c.contact_id, P.c.amount, P.c.occurred_at)
+                  .join(D, sa.and_(D.c.contact_id == P.c.contact_id, D.c.campaign_id == campaign_id,
+                                   D.c.status.in_(SENT)))
+                  .where(P.c.occurred_at >= first_sent, P.c.occurred_at <= last_sent + timedelta(days=days),
+                         *_in_range(P.c.occurred_at, start, end))
+                  .cte("candidates").prefix_with("MATERIALIZED"))
+    credited = (sa.select(candidates.c.contact_id, candidates.c.amount)
+                .where(attributed_campaign(candidates, days) == campaign_id).subquery())
     n, lines, revenue = db.session.execute(sa.select(
         sa.func.count(sa.distinct(credited.c.contact_id)), sa.func.count(), sa.func.sum(credited.c.amount))).one()
     return {"conversions": n, "purchases": lines, "revenue": f"{revenue or 0:.2f}", "window_days": days}

@@ -29,13 +29,18 @@ import hashlib
 import hmac
 import html as htmllib
 import ipaddress
+import json
 import re
-from datetime import datetime
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
+from redis.exceptions import RedisError
 
+from campaigns.tracking_models import TrackingDrain
 from envoi.extensions import db
 from envoi.types import utcnow
 
@@ -63,8 +68,15 @@ class TokenInvalid(Exception):
 
 # ---------------------------------------------------------------- tokens
 
+_SERIALIZERS: dict = {}
+
+
 def _serializer(purpose: str) -> URLSafeSerializer:
-    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=SALTS[purpose])
+    key = (current_app.config["SECRET_KEY"], purpose)
+    serializer = _SERIALIZERS.get(key)
+    if serializer is None:
+        serializer = _SERIALIZERS[key] = URLSafeSerializer(key[0], salt=SALTS[purpose])
+    return serializer
 
 
 def _epoch(now: datetime | None) -> int:
@@ -221,35 +233,162 @@ def is_bot(user_agent: str | None, ip: str | None, sent_epoch: int | None, now: 
 
 
 # ---------------------------------------------------------------- recording (the hot path)
+#
+# A hit does the token check and one RPUSH of the event to a Redis list (HITS); drain_hits() moves
+# them into message_events in batches (one multi-row INSERT each). Exactly once: a batch is first
+# moved atomically (a Lua script) from HITS to a key of its own, listed in DRAINING; its rows and
+# its name (tracking_drains, primary key) are written in one transaction; only then is the key
+# deleted. A drainer that dies leaves the key in DRAINING: the next drain applies it, or finds its
+# name already written and only deletes it. Without Redis, a hit is written directly (one INSERT).
 
+HITS = "envoi:tracking:hits"
+DRAINING = "envoi:tracking:draining"
+BATCH = 5000
+_TAKE = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items == 0 then return 0 end
+redis.call('LTRIM', KEYS[1], #items, -1)
+redis.call('SADD', KEYS[3], KEYS[2])
+for i = 1, #items, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+end
+return #items
+"""
 _STATEMENTS: dict = {}
 _WRITERS: dict = {}
+_REDIS: dict = {}
 
 
-def _event_insert():
-    """INSERT INTO message_events ... SELECT <params> WHERE the contact still exists (deleted since:
-    nothing is written, no foreign-key error). Built once; SQLAlchemy and the driver cache its plan."""
-    if "event" not in _STATEMENTS:
-        from contacts.models import Contact
-        from segments.models import MessageEvent
+def _redis():
+    import redis
 
-        e = MessageEvent.__table__
-        select = sa.select(sa.bindparam("contact_id", type_=e.c.contact_id.type),
-                           sa.bindparam("campaign_id", type_=e.c.campaign_id.type),
-                           sa.bindparam("channel", type_=e.c.channel.type), sa.bindparam("kind", type_=e.c.kind.type),
-                           sa.bindparam("occurred_at", type_=e.c.occurred_at.type),
-                           sa.bindparam("is_bot", type_=e.c.is_bot.type), sa.bindparam("data", type_=e.c.data.type)
-                           ).where(sa.exists().where(Contact.id == sa.bindparam("contact_id")))
-        _STATEMENTS["event"] = sa.insert(e).from_select(
-            ["contact_id", "campaign_id", "channel", "kind", "occurred_at", "is_bot", "data"], select)
-    return _STATEMENTS["event"]
+    url = current_app.config["REDIS_URL"]
+    client = _REDIS.get(url)
+    if client is None:
+        client = _REDIS[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return client
+
+
+def _us(when: datetime) -> int:
+    delta = when - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _hit(contact_id: int, campaign_id: int | None, channel: str, kind: str, when: datetime, bot: bool,
+         data: dict, code: str | None = None) -> None:
+    """Buffer one event (Redis); written directly when Redis cannot take it."""
+    row = [contact_id, campaign_id, channel, kind, _us(when), bot, data, code]
+    try:
+        _redis().rpush(HITS, json.dumps(row, separators=(",", ":")))
+    except RedisError:
+        current_app.logger.warning("tracking: Redis unavailable, writing the event directly")
+        _apply_rows([row])
+
+
+def _event_row(item) -> dict:
+    contact_id, campaign_id, channel, kind, us, bot, data, _code = item
+    return {"contact_id": contact_id, "campaign_id": campaign_id, "channel": channel, "kind": kind,
+            "occurred_at": _EPOCH + timedelta(microseconds=us), "is_bot": bool(bot), "data": data}
+
+
+def _apply_rows(rows: list, batch: str | None = None) -> bool:
+    """Write buffered hits in one transaction: the events (of contacts that still exist), the short
+    links' click counts, and (`batch`) the batch's name. False if that batch was already written."""
+    from campaigns.models import ShortLink
+    from contacts.models import Contact
+    from segments.models import MessageEvent
+
+    e, s = MessageEvent.__table__, ShortLink.__table__
+    with db.engine.begin() as conn:
+        if batch is not None:
+            d = TrackingDrain.__table__
+            if conn.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+
+                claim = insert(d).on_conflict_do_nothing()
+            else:
+                claim = sa.insert(d).prefix_with("OR IGNORE")
+            claimed = conn.execute(claim.values(batch=batch, drained_at=utcnow()).returning(d.c.batch)).first()
+            if claimed is None:  # written before (by a drainer that died before dropping its key)
+                return False
+        events = [_event_row(item) for item in rows]
+        ids = sorted({r["contact_id"] for r in events if r["contact_id"] is not None})
+        alive = set()
+        for chunk in range(0, len(ids), 5000):
+            alive.update(conn.scalars(sa.select(Contact.id).where(Contact.id.in_(ids[chunk:chunk + 5000]))))
+        events = [r for r in events if r["contact_id"] in alive]
+        if events:
+            conn.execute(sa.insert(e), events)
+        clicks: dict[str, list] = {}
+        for item in rows:
+            if item[7]:
+                n, last = clicks.get(item[7], (0, 0))
+                clicks[item[7]] = (n + 1, max(last, item[4]))
+        for code, (n, last) in sorted(clicks.items()):
+            at = _EPOCH + timedelta(microseconds=last)
+            conn.execute(sa.update(s).where(s.c.code == code).values(
+                clicks=s.c.clicks + n,
+                last_clicked_at=sa.case((sa.or_(s.c.last_clicked_at.is_(None), s.c.last_clicked_at < at), at),
+                                        else_=s.c.last_clicked_at)))
+    return True
+
+
+def drain_hits(batch: int = BATCH, max_batches: int | None = None) -> int:
+    """Move buffered hits into message_events; returns how many were taken. Safe to run concurrently
+    and after a drainer died mid-batch (see above): every hit is written once."""
+    client = _redis()
+    done = 0
+    for key in sorted(k.decode() for k in client.smembers(DRAINING)):  # left by a drainer that died
+        done += finish_batch(key)
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        key = take_batch(batch)
+        if key is None:
+            break
+        done += finish_batch(key)
+        batches += 1
+    if done:
+        d = TrackingDrain.__table__
+        with db.engine.begin() as conn:  # names kept a day: far longer than a dead drainer's batch waits
+            conn.execute(sa.delete(d).where(d.c.drained_at < utcnow() - timedelta(days=1)))
+    return done
+
+
+def take_batch(size: int = BATCH) -> str | None:
+    """Move the first `size` buffered hits, atomically, to a key of their own (listed in DRAINING)."""
+    client = _redis()
+    key = f"{DRAINING}:{uuid.uuid4().hex}"
+    return key if client.register_script(_TAKE)(keys=[HITS, key, DRAINING], args=[size]) else None
+
+
+def finish_batch(key: str) -> int:
+    """Write a taken batch (unless its name says it was written already), then drop its key."""
+    client = _redis()
+    rows = [json.loads(raw) for raw in client.lrange(key, 0, -1)]
+    if rows:
+        _apply_rows(rows, batch=key.rsplit(":", 1)[-1])
+    client.delete(key)
+    client.srem(DRAINING, key)
+    return len(rows)
+
+
+def drain_for(seconds: float, pause: float = 0.5) -> int:
+    """Drain again and again for about `seconds` (the periodic actor runs once a minute)."""
+    deadline = time.monotonic() + seconds
+    done = 0
+    while True:
+        done += drain_hits()
+        if time.monotonic() + pause >= deadline:
+            return done
+        time.sleep(pause)
 
 
 def _writer():
-    """Where tracking events are written. On PostgreSQL: a small engine of this process in autocommit
-    (one round trip a hit, no BEGIN/COMMIT) with synchronous_commit off — a database crash may lose the
-    last fraction of a second of opens and clicks, never corrupt anything, and a hit does not wait for
-    the WAL flush. Elsewhere (SQLite: one writer at a time) the app's session."""
+    """Where the short-link lookups go. On PostgreSQL: a small engine of this process in autocommit
+    (one round trip a hit, no BEGIN/COMMIT). Elsewhere (SQLite) the app's session."""
     engine = db.engine
     if engine.dialect.name != "postgresql":
         return None
@@ -257,28 +396,9 @@ def _writer():
     writer = _WRITERS.get(key)
     if writer is None:
         writer = sa.create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=16,
-                                  pool_pre_ping=False, connect_args={"options": "-c synchronous_commit=off"})
+                                  pool_pre_ping=False)
         _WRITERS[key] = writer
     return writer
-
-
-def _write(statement, params: dict, first: bool = False):
-    """Run one write; `first`: its RETURNING row (or None)."""
-    writer = _writer()
-    if writer is None:
-        result = db.session.execute(statement, params)
-        row = result.first() if first else None
-        db.session.commit()
-        return row
-    with writer.connect() as conn:
-        result = conn.execute(statement, params)
-        return result.first() if first else None
-
-
-def _insert_event_select(contact_id: int, campaign_id: int | None, channel: str, kind: str, when: datetime,
-                         bot: bool, data: dict) -> None:
-    _write(_event_insert(), {"contact_id": contact_id, "campaign_id": campaign_id, "channel": channel, "kind": kind,
-                             "occurred_at": when, "is_bot": bot, "data": data})
 
 
 def record_open(token: str, *, user_agent: str | None = None, ip: str | None = None,
@@ -287,7 +407,7 @@ def record_open(token: str, *, user_agent: str | None = None, ip: str | None = N
     campaign_id, contact_id, sent = read_open_token(token)
     now = now or utcnow()
     bot = is_bot(user_agent, ip, sent, now, "opened")
-    _insert_event_select(contact_id, campaign_id, "email", "opened", now, bot, {})
+    _hit(contact_id, campaign_id, "email", "opened", now, bot, {})
     return not bot
 
 
@@ -297,13 +417,14 @@ def record_click(token: str, *, user_agent: str | None = None, ip: str | None = 
     campaign_id, contact_id, sent, url = read_click_token(token)
     now = now or utcnow()
     bot = is_bot(user_agent, ip, sent, now, "clicked")
-    _insert_event_select(contact_id, campaign_id, "email", "clicked", now, bot, {"url": url})
+    _hit(contact_id, campaign_id, "email", "clicked", now, bot, {"url": url})
     return url
 
 
 def follow_short_link(code: str, *, user_agent: str | None = None, ip: str | None = None,
                       now: datetime | None = None) -> str | None:
-    """Count a click on an SMS short link and return its URL (None: no such code)."""
+    """Count a click on an SMS short link and return its URL (None: no such code). One lookup by
+    primary key; the count and the event are buffered with the other hits."""
     from campaigns.models import ShortLink
 
     if not re.fullmatch(r"[0-9A-Za-z]{4,16}", code or ""):
@@ -311,18 +432,23 @@ def follow_short_link(code: str, *, user_agent: str | None = None, ip: str | Non
     now = now or utcnow()
     if "short" not in _STATEMENTS:
         t = ShortLink.__table__
-        _STATEMENTS["short"] = (sa.update(t).where(t.c.code == sa.bindparam("b_code"))
-                                .values(clicks=t.c.clicks + 1,
-                                        last_clicked_at=sa.bindparam("b_now", type_=t.c.last_clicked_at.type))
-                                .returning(t.c.url, t.c.campaign_id, t.c.contact_id, t.c.created_at))
-    row = _write(_STATEMENTS["short"], {"b_code": code, "b_now": now}, first=True)
+        _STATEMENTS["short"] = sa.select(t.c.url, t.c.campaign_id, t.c.contact_id, t.c.created_at).where(
+            t.c.code == sa.bindparam("b_code"))
+    writer = _writer()
+    if writer is None:
+        row = db.session.execute(_STATEMENTS["short"], {"b_code": code}).first()
+    else:
+        with writer.connect() as conn:
+            row = conn.execute(_STATEMENTS["short"], {"b_code": code}).first()
     if row is None:
         return None
     url, campaign_id, contact_id, created_at = row
     if contact_id is not None:
         sent = int(created_at.timestamp()) if created_at else None
         bot = is_bot(user_agent, ip, sent, now, "clicked")
-        _insert_event_select(contact_id, campaign_id, "sms", "clicked", now, bot, {"url": url, "code": code})
+        _hit(contact_id, campaign_id, "sms", "clicked", now, bot, {"url": url, "code": code}, code=code)
+    else:
+        _hit(None, campaign_id, "sms", "clicked", now, False, {}, code=code)  # counted, no event
     return url
 
 

@@ -1,12 +1,20 @@
-"""Public tracking routes, hit by every open and click: no login, no rate limit, one statement or two.
+"""Public tracking routes, hit by every open and click: no login, no rate limit, no database write.
 
     GET /t/o/<token>.gif   open pixel: records the open, always answers the 1x1 GIF (a bad token too:
                            a broken image in a mail client helps nobody), never cached
     GET /t/c/<token>       click: records it and redirects (302) to the URL signed in the token;
                            a forged or altered token is a 404 page, never a redirect
     GET /s/<code>          SMS short link: counts the click, redirects; unknown code: 404
+
+Recording is a token check and one Redis RPUSH (campaigns/tracking.py; the drainer writes the
+events in batches). TrackingFastPath answers the plain GET of a good token or a known code in
+front of Flask — a full Flask request costs more than everything else a hit does — with the
+very answer the Flask route gives (same status, headers and body; tests compare them). Anything
+else (a bad token, a query string, HEAD, an unknown code, odd characters) goes on to Flask.
 """
 from __future__ import annotations
+
+import re
 
 from flask import Blueprint, Response, abort, redirect, request
 
@@ -29,6 +37,14 @@ def _no_store(response: Response) -> Response:
     return response
 
 
+def pixel_response() -> Response:
+    return _no_store(Response(tracking.PIXEL, mimetype="image/gif"))
+
+
+def redirect_response(url: str) -> Response:
+    return _no_store(redirect(url, code=302))
+
+
 @bp.get("/t/o/<token>.gif")
 def open_pixel(token: str):
     ua, ip = _client()
@@ -36,7 +52,7 @@ def open_pixel(token: str):
         tracking.record_open(token, user_agent=ua, ip=ip)
     except tracking.TokenInvalid:
         pass
-    return _no_store(Response(tracking.PIXEL, mimetype="image/gif"))
+    return pixel_response()
 
 
 @bp.get("/t/c/<token>")
@@ -46,7 +62,7 @@ def click(token: str):
         url = tracking.record_click(token, user_agent=ua, ip=ip)
     except tracking.TokenInvalid:
         abort(404)
-    return _no_store(redirect(url, code=302))
+    return redirect_response(url)
 
 
 @bp.get("/s/<code>")
@@ -55,4 +71,51 @@ def short_link(code: str):
     url = tracking.follow_short_link(code, user_agent=ua, ip=ip)
     if url is None:
         abort(404)
-    return _no_store(redirect(url, code=302))
+    return redirect_response(url)
+
+
+# ---------------------------------------------------------------- the fast path
+
+_PATHS = re.compile(r"/(?:t/(o)/([A-Za-z0-9_\-.]{1,4000})\.gif|t/(c)/([A-Za-z0-9_\-.]{1,4000})|s/([0-9A-Za-z]{4,16}))")
+
+
+class TrackingFastPath:
+    """WSGI middleware: the tracking routes' usual case without the Flask request machinery."""
+
+    def __init__(self, wsgi_app, flask_app):
+        self.wsgi_app = wsgi_app
+        self.flask_app = flask_app
+        self._pixel = None
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if (path[:3] in ("/t/", "/s/") and environ.get("REQUEST_METHOD") == "GET"
+                and not environ.get("QUERY_STRING")):
+            match = _PATHS.fullmatch(path)
+            if match is not None:
+                response = self._answer(match, environ)
+                if response is not None:
+                    return response(environ, start_response)
+        return self.wsgi_app(environ, start_response)
+
+    def _answer(self, match: re.Match, environ) -> Response | None:
+        ua, ip = environ.get("HTTP_USER_AGENT"), environ.get("REMOTE_ADDR")
+        with self.flask_app.app_context():
+            try:
+                if match.group(1):
+                    tracking.record_open(match.group(2), user_agent=ua, ip=ip)
+                    if self._pixel is None:
+                        self._pixel = pixel_response()
+                    return self._pixel
+                if match.group(3):
+                    return redirect_response(tracking.record_click(match.group(4), user_agent=ua, ip=ip))
+                url = tracking.follow_short_link(match.group(5), user_agent=ua, ip=ip)
+                return redirect_response(url) if url is not None else None
+            except tracking.TokenInvalid:
+                return None
+
+
+@bp.record_once
+def _mount(state) -> None:
+    """Every app that registers these routes answers them through the fast path first."""
+    state.app.wsgi_app = TrackingFastPath(state.app.wsgi_app, state.app)

@@ -23,7 +23,7 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from campaigns.reports import dialect, ratio
+from campaigns.reports import dialect, ratio, tune_for_report
 from contacts.models import ConsentEvent, Contact, Purchase
 from envoi.extensions import db
 from envoi.types import utcnow
@@ -78,7 +78,12 @@ def customers_report(start: datetime | None = None, end: datetime | None = None,
 # ---------------------------------------------------------------- portfolio: RFM, ABC, potential
 
 def _score(b: rfm.Boundaries, dim: str):
-    return 1 + sum(sa.case((rfm._at_least(b, dim, s), 1), else_=0) for s in (2, 3, 4, 5))
+    """The 1-5 score of a dimension as nested CASEs: two or three comparisons a row, not four."""
+    def at_least(score):
+        return rfm._at_least(b, dim, score)
+
+    return sa.case((at_least(3), sa.case((at_least(4), sa.case((at_least(5), 5), else_=4)), else_=3)),
+                   else_=sa.case((at_least(2), 2), else_=1))
 
 
 def rfm_grid(b: rfm.Boundaries | None = None) -> dict:
@@ -102,22 +107,33 @@ def rfm_grid(b: rfm.Boundaries | None = None) -> dict:
 
 def pareto() -> dict:
     """ABC classes over the customers ranked by lifetime revenue: A up to 80 %, B to 95 %, C the rest.
-    A customer is in the class where its revenue starts (the one who crosses 80 % is in A)."""
+    A customer is in the class where its revenue starts (the one who crosses 80 % is in A).
+
+    No running sum over every customer: their count and revenue per one-unit bucket of revenue
+    (purchase_total cast to an integer) in one aggregate, the buckets walked from the top to find the (at most
+    two) where 80 % and 95 % are crossed, and only the customers of those ranked one by one."""
     total_col = Contact.purchase_total
-    # ROWS frame: a running sum row by row (the default RANGE frame compares peers, slower).
-    running = sa.func.sum(total_col).over(order_by=(total_col.desc(), Contact.id), rows=(None, -1))
-    ranked = (sa.select(total_col.label("revenue"), sa.func.coalesce(running, 0).label("before"))
-              .where(rfm.customer()).subquery())
-    total = Decimal(db.session.scalar(sa.select(sa.func.sum(total_col)).where(rfm.customer())) or 0)
-    a_until, b_until = (sa.literal(total * Decimal(q), total_col.type) for q in ("0.80", "0.95"))
-    klass = sa.case((ranked.c.before < a_until, "A"), (ranked.c.before < b_until, "B"), else_="C").label("k")
-    rows = db.session.execute(sa.select(klass, sa.func.count(), sa.func.sum(ranked.c.revenue))
-                              .group_by(sa.text("k")).order_by(sa.text("k"))).all()
-    customers = sum(n for _, n, _ in rows)
-    revenue = sum((Decimal(t or 0) for _, _, t in rows), Decimal(0))
+    bucket = _bucket().label("b")
+    buckets = db.session.execute(sa.select(bucket, sa.func.count(), sa.func.sum(total_col)).where(rfm.customer())
+                                 .group_by(sa.text("b")).order_by(sa.text("b DESC"))).all()
+    customers = sum(n for _, n, _ in buckets)
+    revenue = sum((Decimal(t) for _, _, t in buckets), Decimal(0))
+    a_until, b_until = revenue * Decimal("0.80"), revenue * Decimal("0.95")
     classes = {k: {"customers": 0, "revenue": Decimal(0)} for k in "ABC"}
-    for k, n, t in rows:
-        classes[k] = {"customers": n, "revenue": Decimal(t or 0)}
+    before = Decimal(0)
+    for b, n, t in buckets:
+        t = Decimal(t)
+        # Each customer of the bucket starts somewhere in [before, before + t): a whole class, or split.
+        whole = ("A" if before + t < a_until else "B" if before >= a_until and before + t < b_until
+                 else "C" if before >= b_until else None)
+        if whole:
+            classes[whole]["customers"] += n
+            classes[whole]["revenue"] += t
+        else:
+            for k, (m, r) in _split_bucket(int(b), before, a_until, b_until).items():
+                classes[k]["customers"] += m
+                classes[k]["revenue"] += r
+        before += t
     return {"customers": customers, "revenue": _money(revenue),
             "customers_for_80_percent": classes["A"]["customers"],
             "share_for_80_percent": ratio(classes["A"]["customers"], customers),
@@ -126,12 +142,39 @@ def pareto() -> dict:
                          "share_of_revenue": ratio(float(v["revenue"]), float(revenue))} for k, v in classes.items()]}
 
 
-def small_with_potential(limit: int = 20, b: rfm.Boundaries | None = None) -> dict:
+def _bucket():
+    # Any non-decreasing function of the revenue will do: PostgreSQL rounds, SQLite truncates, both
+    # keep every value within 1 of its bucket. The integer cast is the cheapest (floor() of a numeric is not).
+    return sa.cast(Contact.purchase_total, sa.Integer)
+
+
+def _split_bucket(b: int, prior: Decimal, a_until: Decimal, b_until: Decimal) -> dict:
+    """Classes of the customers of bucket `b`, ranked, `prior` being the revenue of all above."""
+    total_col = Contact.purchase_total
+    # ROWS frame: a running sum row by row (the default RANGE frame compares peers).
+    running = sa.func.sum(total_col).over(order_by=(total_col.desc(), Contact.id), rows=(None, -1))
+    ranked = (sa.select(total_col.label("revenue"),
+                        (sa.literal(prior, total_col.type) + sa.func.coalesce(running, 0)).label("before"))
+              .where(rfm.customer(), total_col > b - 1, total_col < b + 1, _bucket() == b).subquery())
+    a_lit, b_lit = (sa.literal(v, total_col.type) for v in (a_until, b_until))
+    klass = sa.case((ranked.c.before < a_lit, "A"), (ranked.c.before < b_lit, "B"), else_="C").label("k")
+    rows = db.session.execute(sa.select(klass, sa.func.count(), sa.func.sum(ranked.c.revenue))
+                              .group_by(sa.text("k"))).all()
+    return {k: (n, Decimal(t or 0)) for k, n, t in rows}
+
+
+def small_with_potential(limit: int = 20, b: rfm.Boundaries | None = None, grid: dict | None = None) -> dict:
     """Low spend (monetary score <= 2) but recent (recency >= 4) and frequent (frequency >= 3): how many,
-    what they spent, the most frequent of them, and the segment rule that selects them all."""
+    what they spent, the most frequent of them, and the segment rule that selects them all.
+    `grid`: the RFM grid on the same boundaries, whose cells already hold how many and what they spent."""
     b = b or rfm.boundaries()
     where = rfm.condition(b, SMALL_WITH_POTENTIAL)
-    n, total = db.session.execute(sa.select(sa.func.count(), sa.func.sum(Contact.purchase_total)).where(where)).one()
+    if grid is None:
+        n, total = db.session.execute(sa.select(sa.func.count(), sa.func.sum(Contact.purchase_total))
+                                      .where(where)).one()
+    else:
+        cells = [c for c in grid["cells"] if c["monetary"] <= 2 and c["recency"] >= 4 and c["frequency"] >= 3]
+        n, total = sum(c["customers"] for c in cells), sum((Decimal(c["revenue"]) for c in cells), Decimal(0))
     top = db.session.execute(sa.select(Contact.id, Contact.purchase_count, Contact.purchase_total,
                                        Contact.last_purchase_at).where(where)
                              .order_by(Contact.purchase_count.desc(), Contact.last_purchase_at.desc(), Contact.id)
@@ -142,8 +185,10 @@ def small_with_potential(limit: int = 20, b: rfm.Boundaries | None = None) -> di
 
 
 def portfolio_report() -> dict:
+    tune_for_report()
     b = rfm.boundaries()  # read once: the grid and the potential rule share the quintile edges
-    return {"rfm": rfm_grid(b), "pareto": pareto(), "small_with_potential": small_with_potential(b=b)}
+    grid = rfm_grid(b)
+    return {"rfm": grid, "pareto": pareto(), "small_with_potential": small_with_potential(b=b, grid=grid)}
 
 
 # ---------------------------------------------------------------- audience

@@ -8,3 +8,4 @@ from workers import actors  # noqa: E402,F401  (declares the actors on the broke
 from workers import periodic  # noqa: E402,F401
 from workers import optin, campaigns  # noqa: E402,F401
 from workers import automation  # noqa: E402,F401
+from workers import tracking  # noqa: E402,F401

@@ -140,3 +140,30 @@ def test_audience_growth_funnel_unsubscribes_and_freshness(app, ctx):
 
     fresh = kpis.data_freshness(now=NOW)
     assert (fresh["contacts"], fresh["stale"], fresh["stale_share"]) == (6, 2, 0.3333)
+
+
+def test_pareto_by_buckets_equals_ranking_every_customer(app, ctx):
+    """Many customers per revenue bucket, ties, halves and zeros: the classes are those of the running
+    sum over every customer ranked by revenue (then id), computed here in Python."""
+    import random
+
+    rng = random.Random(80)
+    totals = [Decimal(rng.choice(["0", "0.50", "1.50", "2.49", "2.50", "10", "10.00", "99.99"])) for _ in range(40)]
+    totals += [Decimal(rng.randint(0, 30000)) / 100 for _ in range(160)]
+    ids = {}
+    for i, total in enumerate(totals):
+        ids[i] = contact(i, purchase_count=1, purchase_total=total, last_purchase_at=NOW)
+    db.session.commit()
+    ranked = sorted(((totals[i], ids[i]) for i in ids), key=lambda t: (-t[0], t[1]))
+    revenue = sum(totals)
+    expected = {k: [0, Decimal(0)] for k in "ABC"}
+    before = Decimal(0)
+    for total, _ in ranked:
+        k = "A" if before < revenue * Decimal("0.80") else "B" if before < revenue * Decimal("0.95") else "C"
+        expected[k][0] += 1
+        expected[k][1] += total
+        before += total
+    got = kpis.pareto()
+    assert [(c["class"], c["customers"], c["revenue"]) for c in got["classes"]] == [
+        (k, n, f"{r:.2f}") for k, (n, r) in expected.items()]
+    assert got["customers_for_80_percent"] == expected["A"][0]

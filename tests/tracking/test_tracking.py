@@ -30,6 +30,8 @@ def path_of(url: str) -> str:
 
 
 def events(**where) -> list:
+    """The events written, once the buffered hits are drained."""
+    tracking.drain_hits()
     db.session.expire_all()
     query = sa.select(MessageEvent).order_by(MessageEvent.id)
     for key, value in where.items():
@@ -225,6 +227,7 @@ def test_sms_links_are_shortened_to_our_domain_and_clicks_counted(app, ctx, clie
         assert response.status_code == 302 and response.headers["Location"] == "https://shop.example.com/sms?x=1"
     assert client.get("/s/ZZZZZZZZZZ").status_code == 404
     assert client.get("/s/not-a-code!").status_code == 404
+    tracking.drain_hits()
     db.session.expire_all()
     link = db.session.get(ShortLink, short)
     assert (link.clicks, link.campaign_id, link.contact_id) == (2, campaign_id, contact_id)
