@@ -361,3 +361,31 @@ def test_statements_per_batch_do_not_grow_with_its_size(app, ctx, smtp_server):
         assert outcome == {"sent": size - 1, "bounced": 1}
         counts[size] = statements
     assert len(counts[5]) == len(counts[60]) <= 12, counts
+
+
+def test_a_batch_records_only_the_rows_it_still_holds(app, ctx, stub_broker):
+    """The lease is a fencing token: results for a row another worker took over (new lease) or
+    settled meanwhile are not written over it (one statement on PostgreSQL, executemany elsewhere)."""
+    ids = make_contacts(4)
+    campaign_id = make_campaign()
+    dispatch.launch(campaign_id)
+    rows = deliveries(campaign_id)
+    mine, theirs = utcnow() + timedelta(seconds=60), utcnow() + timedelta(seconds=90)
+    held = [rows[c].id for c in ids]
+    sent_at = utcnow()
+    db.session.execute(sa.update(Delivery).where(Delivery.id.in_(held[:2])).values(status="sending", lease_until=mine))
+    db.session.execute(sa.update(Delivery).where(Delivery.id == held[2]).values(status="sending", lease_until=theirs))
+    # Settled by the scheduler's reclaim meanwhile (sent, its lease cleared).
+    db.session.execute(sa.update(Delivery).where(Delivery.id == held[3]).values(status="sent", lease_until=None,
+                                                                                 provider_id="<kept>"))
+    db.session.commit()
+    results = [{"b_id": i, "b_lease": mine, "status": "sent", "attempts": 1, "sent_at": sent_at,
+                "provider_id": f"<p{i}>", "error": None, "error_code": None, "next_attempt_at": None}
+               for i in held]
+    results[1].update(status="failed", sent_at=None, provider_id=None, error="SMTP 554 no", error_code=554)
+    dispatch._record(campaign_id, "email", results, [], {})
+    rows = deliveries(campaign_id)
+    got = [(rows[c].status, rows[c].provider_id, rows[c].error_code, rows[c].lease_until is None) for c in ids]
+    assert got == [("sent", f"<p{held[0]}>", None, True), ("failed", None, 554, True),
+                   ("sending", None, None, False), ("sent", "<kept>", None, True)]
+    assert abs((rows[ids[0]].sent_at - sent_at).total_seconds()) < 0.001
