@@ -10,10 +10,12 @@ What is timed, in one run of this script:
   Redis server from the venv, sending to `smtp-sink`; messages/s = sent / (last sent_at - launch);
 - ceiling 1: `smtp-source` to the same smtp-sink, messages of the same size, 8 sessions;
 - ceiling 2: a plain smtplib loop sending pre-rendered messages over one connection;
-- the worker processes' peak RSS (the whole process tree) during the campaign, and with
-  --million during a 1,000,000-recipient campaign;
-- SMS against the fake Twilio API (tests/fakes.py) on loopback: unthrottled, then with
-  ENVOI_SMS_RATE_PER_SECOND set, the rate held.
+- the worker processes' peak RSS, per process and for the tree (the `dramatiq` parent and its
+  workers), for a campaign a tenth the size first and then the full one (flat or not), and with
+  --million during a 1,000,000-recipient campaign; the workers' CPU seconds per message;
+- SMS against the fake Twilio API (tests/fakes.py) on loopback: a plain loop of the twilio
+  client's calls (the baseline), the campaign unthrottled, then with ENVOI_SMS_RATE_PER_SECOND
+  set: the rate at the provider (its arrival times) and end to end.
 Every recipient is counted at the sink: sent deliveries == messages smtp-sink received.
 """
 from __future__ import annotations
