@@ -72,32 +72,72 @@ def _progress_key(campaign_id: int) -> str:
     return f"envoi:campaign:{campaign_id}:progress"
 
 
+class _MarkFailed(Exception):
+    """Redis did not take a message's progress mark: the message must not leave."""
+
+
 class _Progress:
     """Per-message progress of a batch in Redis, read by `requeue_due` after a crash.
 
-    One round trip per message: a message's 'sent' mark travels with the next message's 'a'
-    mark. A crash in between leaves the sent message marked 'a': sent again after the reclaim
-    and counted as a possible duplicate, so the bound stays one message per thread.
+    One write per message: a message's 'sent' mark travels with the next message's 'a' mark. A
+    crash in between leaves the sent message marked 'a': sent again after the reclaim and
+    counted as a possible duplicate, so the bound stays one message per thread.
+
+    The mark costs no round trip of its own: `begin` writes it to Redis without waiting, the
+    channel sends the message's envelope meanwhile, and `confirm` (the channel's `before_data`
+    hook, before the content leaves) reads Redis's answer; `settle` reads it when the send
+    stopped before that.
     """
 
     def __init__(self, campaign_id: int):
         self.key, self.touched, self.pending = _progress_key(campaign_id), [], {}
+        self._conn, self._row = None, None
 
-    def attempt(self, row_id: int) -> None:
-        """Raises when Redis cannot take the mark: the message is then not sent (retried later)."""
-        pipe = _redis().pipeline(transaction=False)
-        pipe.hset(self.key, mapping={**self.pending, row_id: "a"})
+    def begin(self, row_id: int) -> None:
+        """Send the marks; raises (nothing sent) when Redis cannot be written to."""
+        self.settle()  # the previous message's answer, when its send stopped before the hook
+        pool = _redis().connection_pool
+        conn = pool.get_connection()
+        commands = [("HSET", self.key, *[x for pair in {**self.pending, row_id: "a"}.items() for x in pair])]
         if not self.touched:
-            pipe.expire(self.key, 7 * 86400)
-        pipe.execute()
+            commands.append(("EXPIRE", self.key, 7 * 86400))
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        self._conn, self._row, self._answers = conn, row_id, len(commands)
+
+    def confirm(self) -> None:
+        """Wait for Redis's answer to `begin`; _MarkFailed if the mark was not taken."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            for _ in range(self._answers):
+                conn.read_response()
+        except Exception as err:  # noqa: BLE001  (connection lost, an error reply)
+            conn.disconnect()
+            raise _MarkFailed(f"progress mark failed: {err}") from None
+        finally:
+            _redis().connection_pool.release(conn)
         self.pending = {}
-        self.touched.append(row_id)
+        self.touched.append(self._row)
+
+    def settle(self) -> None:
+        """After a send that stopped before `confirm`: read the answer (its marks are kept or not)."""
+        try:
+            self.confirm()
+        except _MarkFailed:
+            pass
 
     def sent(self, row_id: int, sent_at: datetime, provider_id: str | None) -> None:
         self.pending[row_id] = f"s {sent_at.isoformat()} {provider_id or ''}".rstrip()
 
     def clear(self) -> None:
         """After the batch's results are committed, the marks have served."""
+        self.settle()
         if self.touched:
             try:
                 _redis().hdel(self.key, *self.touched)
@@ -532,7 +572,7 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
                 done += 1
                 continue
             try:
-                progress.attempt(row.id)
+                progress.begin(row.id)
             except Exception as err:  # noqa: BLE001  (no mark, no send: retried when Redis is back)
                 when = utcnow() + timedelta(seconds=_backoff(row.attempts))
                 result(row, "queued", attempts=row.attempts - 1, error=f"progress mark failed: {err}"[:2000],
@@ -543,9 +583,16 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
                 continue
             try:
                 if channel == "email":
-                    provider_id = channels.send_email(message)
+                    # The mark is confirmed once the server took the envelope, before the content.
+                    provider_id = channels.send_email(message, before_data=progress.confirm)
                 else:
+                    progress.confirm()
                     provider_id = channels.send_sms(contact.phone, body, status_callback=f"{callback}?d={row.id}")
+            except _MarkFailed as err:  # not sent: retried when Redis is back
+                when = utcnow() + timedelta(seconds=_backoff(row.attempts))
+                result(row, "queued", attempts=row.attempts - 1, error=str(err)[:2000], next_attempt_at=when)
+                retry_at.append((row.id, when))
+                failures, last_error = failures + 1, str(err)
             except TransientError as err:
                 failures, last_error = failures + 1, str(err)
                 if row.attempts >= max_attempts:
@@ -567,6 +614,7 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
                     contact_status.setdefault(("sms", "invalid"), []).append(contact.id)
                 result(row, status, error=str(err)[:2000], error_code=err.code)
             else:
+                progress.settle()  # a channel that had no use for the hook (the dev outbox: called)
                 sent_at, provider_id = utcnow(), (provider_id or None) and provider_id[:300]
                 progress.sent(row.id, sent_at, provider_id)
                 result(row, "sent", sent_at=sent_at, provider_id=provider_id)
@@ -591,13 +639,35 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
     return outcome
 
 
+_RESULT_KEYS = ("b_id", "b_lease", "status", "attempts", "sent_at", "provider_id", "error", "error_code",
+                "next_attempt_at")
+# The executemany UPDATE of _record as one statement on PostgreSQL: same conditions (the lease as a
+# fencing token, a row's status moves only from 'sending'), same values.
+_PG_RECORD = sa.text("""
+UPDATE deliveries AS d
+SET status = CASE WHEN d.status = 'sending' THEN v.status ELSE d.status END,
+    attempts = v.attempts, sent_at = COALESCE(v.sent_at, d.sent_at),
+    provider_id = COALESCE(v.provider_id, d.provider_id), error = v.error, error_code = v.error_code,
+    next_attempt_at = v.next_attempt_at, lease_until = NULL, updated_at = :now
+FROM unnest(CAST(:b_id AS bigint[]), CAST(:b_lease AS timestamptz[]), CAST(:status AS text[]),
+            CAST(:attempts AS integer[]), CAST(:sent_at AS timestamptz[]), CAST(:provider_id AS text[]),
+            CAST(:error AS text[]), CAST(:error_code AS integer[]), CAST(:next_attempt_at AS timestamptz[]))
+     AS v(id, lease, status, attempts, sent_at, provider_id, error, error_code, next_attempt_at)
+WHERE d.id = v.id AND d.lease_until = v.lease
+""")
+
+
 def _record(campaign_id: int, channel: str | None, results: list[dict], events: list[dict],
             contact_status: dict) -> None:
     """One executemany UPDATE for the batch's rows, bulk events and contact statuses, one commit."""
     from segments.models import MessageEvent
 
     now = utcnow()
-    if results:
+    if results and db.session.get_bind().dialect.name == "postgresql":
+        # One statement for the batch (one plan, one round trip) instead of one UPDATE per row.
+        columns = {key: [r[key] for r in results] for key in _RESULT_KEYS}
+        db.session.execute(_PG_RECORD, {**columns, "now": now})
+    elif results:
         stmt = (sa.update(D).where(D.c.id == sa.bindparam("b_id"), D.c.lease_until == sa.bindparam("b_lease"))
                 .values(status=sa.case((D.c.status == "sending", sa.bindparam("status")), else_=D.c.status),
                         attempts=sa.bindparam("attempts"),

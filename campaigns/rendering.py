@@ -386,6 +386,7 @@ class CompiledCampaign:
         self.templates: dict = {}
         self.sources: dict = {}
         self.inline_each = False
+        self.qp = (QPLines(), QPLines())  # (text, html) encoded lines, shared by the messages
         sources = {f: getattr(campaign, f) or "" for f in FIELDS}
         self.user_sources = sources
         self.need_topics = any("topics" in s for s in sources.values())
@@ -503,7 +504,7 @@ class CompiledCampaign:
         if delivery_id is not None:
             headers["X-Envoi-Delivery"] = str(int(delivery_id))
         msg = build_message(recipient, subject_prefix + parts["subject"], parts["text"], parts["html"],
-                            sender=self.sender, headers=headers, message_id=message_id)
+                            sender=self.sender, headers=headers, message_id=message_id, qp=self.qp)
         if self.dkim is not None:
             sign_dkim(msg, *self.dkim)
         return msg
@@ -559,21 +560,65 @@ def _encode_header(value: str) -> str:
     return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words)
 
 
-def _text_part(content: str, subtype: str) -> EmailMessage:
+class QPLines:
+    """Quoted-printable encoding of a body, line by line, keeping the encoded lines met before.
+
+    The lines of a campaign's message are mostly the same for every contact (only those with a
+    merge field or a tracked link differ), and encoding 20 kB costs more than rendering it. A
+    line's encoding depends on the line alone (soft breaks restart at each line break; a line is
+    encoded with its line break so trailing blanks come out as b2a_qp writes them inside a text):
+    the result is byte for byte `binascii.b2a_qp(body, istext=True)` (tested). Distinct lines are
+    kept until they add up to `budget` characters (a campaign's fixed lines come with its first
+    message; then the store stops growing: its memory is bounded whatever the campaign's size).
+    """
+
+    def __init__(self, budget: int = 256 * 1024):
+        self.lines: dict[str, bytes] = {}
+        self.budget = budget
+
+    def encode(self, content: str) -> bytes:
+        """`content` with LF line ends and a final LF, encoded, LF line ends."""
+        lines = content.split("\n")
+        lines.pop()  # after the final LF
+        encoded = list(map(self.lines.get, lines))
+        if None in encoded:
+            for i, line in enumerate(lines):
+                if encoded[i] is None:
+                    encoded[i] = self._miss(line)
+        return b"".join(encoded)
+
+    def _miss(self, line: str) -> bytes:
+        encoded = binascii.b2a_qp(line.encode("utf-8") + b"\n", quotetabs=False, istext=True)
+        cost = len(line) + len(encoded) + 100
+        if cost <= self.budget:
+            self.budget -= cost
+            self.lines[line] = encoded
+        return encoded
+
+
+def _text_part(content: str, subtype: str, qp: QPLines | None = None) -> EmailMessage:
     part = EmailMessage(policy=WIRE_POLICY)
     part._headers = [("Content-Type", f'text/{subtype}; charset="utf-8"'),
                      ("Content-Transfer-Encoding", "quoted-printable")]
     if not content.endswith("\n"):
         content += "\n"
-    data = content.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    part.set_payload(binascii.b2a_qp(data, quotetabs=False, istext=True).decode("ascii"))
+    content = content.replace("\r\n", "\n").replace("\r", "\n")
+    if qp is not None:
+        encoded = qp.encode(content)
+    else:
+        encoded = binascii.b2a_qp(content.encode("utf-8"), quotetabs=False, istext=True)
+    payload = encoded.decode("ascii")
+    part.set_payload(payload)
+    # The wire form (CRLF), made once here: wire_bytes uses it while the payload is this one.
+    part._envoi_wire = (payload, encoded.replace(b"\n", b"\r\n"))
     return part
 
 
 def build_message(to: str, subject: str, text: str, html: str | None = None, *, sender: str,
-                  headers: dict | None = None, message_id: str | None = None) -> EmailMessage:
+                  headers: dict | None = None, message_id: str | None = None,
+                  qp: tuple[QPLines, QPLines] | None = None) -> EmailMessage:
     """What campaigns.mime.compose makes (multipart/alternative text + HTML, quoted-printable, UTF-8),
-    built without reparsing each header."""
+    built without reparsing each header. `qp`: the (text, html) line caches of a campaign."""
     msg = EmailMessage(policy=WIRE_POLICY)
     raw = [("Subject", _encode_header(subject)), ("Date", format_datetime(datetime.now(timezone.utc))),
            ("Message-ID", message_id or make_msgid(domain=_domain(sender))), ("MIME-Version", "1.0")]
@@ -587,13 +632,14 @@ def build_message(to: str, subject: str, text: str, html: str | None = None, *, 
             msg[name] = value
     msg._headers.extend(raw)
     if html is None:
-        body = _text_part(text, "plain")
+        body = _text_part(text, "plain", qp and qp[0])
         msg._headers.extend(body._headers)
         msg.set_payload(body.get_payload())
+        msg._envoi_wire = body._envoi_wire
         return msg
     boundary = f"=_envoi_{os.urandom(12).hex()}"
     msg._headers.append(("Content-Type", f'multipart/alternative; boundary="{boundary}"'))
-    msg.set_payload([_text_part(text, "plain"), _text_part(html, "html")])
+    msg.set_payload([_text_part(text, "plain", qp and qp[0]), _text_part(html, "html", qp and qp[1])])
     msg._envoi_boundary = boundary
     return msg
 
@@ -608,11 +654,22 @@ def header_value(msg: EmailMessage, name: str) -> str | None:
     return None
 
 
-def _fold(headers) -> bytes:
-    return b"".join(WIRE_POLICY.fold_binary(name, value) for name, value in headers)
+def _fold(headers, out: list) -> None:
+    for name, value in headers:
+        # What the policy does with a str value that fits the line length (all of ours but the
+        # From/To header objects of display names to encode), without its per-header work.
+        if type(value) is str and len(name) + len(value) < 990 and value.isascii() and value.isprintable():
+            out.append(f"{name}: {value}\r\n".encode("ascii"))
+        else:
+            out.append(WIRE_POLICY.fold_binary(name, value))
+    out.append(b"\r\n")
 
 
-def _lines(payload: str) -> bytes:
+def _body(msg: EmailMessage) -> bytes:
+    payload = msg._payload  # get_payload() parses Content-Transfer-Encoding on every call
+    cached = getattr(msg, "_envoi_wire", None)
+    if cached is not None and cached[0] is payload:
+        return cached[1]
     # Quoted-printable bodies from _text_part: ASCII, bare LF line ends only.
     return payload.encode("ascii").replace(b"\n", b"\r\n")
 
@@ -622,13 +679,18 @@ def wire_bytes(msg: EmailMessage) -> bytes:
     writes (~2 ms for a 20 kB message, more than rendering it). Byte for byte the same (tested)."""
     if msg.policy is not WIRE_POLICY or not hasattr(msg, "_envoi_boundary") and msg.is_multipart():
         return msg.as_bytes()
-    head = _fold(msg._headers) + b"\r\n"
+    out: list[bytes] = []
+    _fold(msg._headers, out)
     if not msg.is_multipart():
-        return head + _lines(msg.get_payload())
+        out.append(_body(msg))
+        return b"".join(out)
     boundary = msg._envoi_boundary.encode("ascii")
-    parts = [_fold(part._headers) + b"\r\n" + _lines(part.get_payload()) for part in msg.get_payload()]
-    sep = b"--" + boundary + b"\r\n"
-    return (head + sep + (b"\r\n" + sep).join(parts) + b"\r\n--" + boundary + b"--\r\n")
+    for n, part in enumerate(msg._payload):
+        out.append((b"--" if n == 0 else b"\r\n--") + boundary + b"\r\n")
+        _fold(part._headers, out)
+        out.append(_body(part))
+    out.append(b"\r\n--" + boundary + b"--\r\n")
+    return b"".join(out)
 
 
 def _domain(address: str) -> str:

@@ -19,9 +19,14 @@ from aiosmtpd.controller import Controller
 
 
 class SmtpServer:
-    """aiosmtpd on 127.0.0.1. `refuse[address] = (code, text)` answers RCPT TO with that reply."""
+    """aiosmtpd on 127.0.0.1. `refuse[address] = (code, text)` answers RCPT TO with that reply.
 
-    def __init__(self):
+    It announces PIPELINING (RFC 2920) unless `pipelining=False`: aiosmtpd reads commands in
+    order from its stream, so pipelined commands are answered in order, as the RFC requires.
+    """
+
+    def __init__(self, pipelining: bool = True):
+        self.pipelining = pipelining
         self.messages: list[dict] = []
         self.refuse: dict[str, tuple[int, str]] = {}
         self.connections = 0
@@ -36,6 +41,8 @@ class SmtpServer:
         with self._lock:
             self.connections += 1
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -85,13 +92,15 @@ class FakeTwilio:
 
     `fail[number] = (http_status, twilio_code)` makes sends to that number fail; `fail_next`
     is a list of (status, code) answered, in order, to the next sends whatever the number.
-    Every accepted message is in `.messages` (the form fields Twilio received).
+    Every accepted message is in `.messages` (the form fields Twilio received) and the time it
+    arrived (time.time()) at the same index of `.times`.
     """
 
     def __init__(self, account_sid: str = "AC" + "0" * 32, auth_token: str = "test-auth-token"):
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.messages: list[dict] = []
+        self.times: list[float] = []
         self.requests = 0
         self.fail: dict[str, tuple[int, int]] = {}
         self.fail_next: list[tuple[int, int]] = []
@@ -100,6 +109,10 @@ class FakeTwilio:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # One write per response (headers and body buffered, flushed by handle_one_request) and
+            # no Nagle: a response written in two sends waits out the client's delayed ACK (~40 ms).
+            wbufsize = 1 << 16
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass
@@ -119,6 +132,7 @@ class FakeTwilio:
                     if failure is None:
                         sid = f"SM{len(fake.messages) + 1:032x}"
                         fake.messages.append({**form, "sid": sid})
+                        fake.times.append(time.time())
                 if failure is not None:
                     status, code = failure
                     return self._answer(status, {"code": code, "message": f"fake error {code}", "status": status,
@@ -153,6 +167,7 @@ class FakeTwilio:
     def clear(self) -> None:
         with self._lock:
             self.messages.clear()
+            self.times.clear()
             self.fail.clear()
             self.fail_next.clear()
             self.requests = 0

@@ -361,3 +361,56 @@ def test_statements_per_batch_do_not_grow_with_its_size(app, ctx, smtp_server):
         assert outcome == {"sent": size - 1, "bounced": 1}
         counts[size] = statements
     assert len(counts[5]) == len(counts[60]) <= 12, counts
+
+
+def test_a_batch_records_only_the_rows_it_still_holds(app, ctx, stub_broker):
+    """The lease is a fencing token: results for a row another worker took over (new lease) or
+    settled meanwhile are not written over it (one statement on PostgreSQL, executemany elsewhere)."""
+    ids = make_contacts(4)
+    campaign_id = make_campaign()
+    dispatch.launch(campaign_id)
+    rows = deliveries(campaign_id)
+    mine, theirs = utcnow() + timedelta(seconds=60), utcnow() + timedelta(seconds=90)
+    held = [rows[c].id for c in ids]
+    sent_at = utcnow()
+    db.session.execute(sa.update(Delivery).where(Delivery.id.in_(held[:2])).values(status="sending", lease_until=mine))
+    db.session.execute(sa.update(Delivery).where(Delivery.id == held[2]).values(status="sending", lease_until=theirs))
+    # Settled by the scheduler's reclaim meanwhile (sent, its lease cleared).
+    db.session.execute(sa.update(Delivery).where(Delivery.id == held[3]).values(status="sent", lease_until=None,
+                                                                                 provider_id="<kept>"))
+    db.session.commit()
+    results = [{"b_id": i, "b_lease": mine, "status": "sent", "attempts": 1, "sent_at": sent_at,
+                "provider_id": f"<p{i}>", "error": None, "error_code": None, "next_attempt_at": None}
+               for i in held]
+    results[1].update(status="failed", sent_at=None, provider_id=None, error="SMTP 554 no", error_code=554)
+    dispatch._record(campaign_id, "email", results, [], {})
+    rows = deliveries(campaign_id)
+    got = [(rows[c].status, rows[c].provider_id, rows[c].error_code, rows[c].lease_until is None) for c in ids]
+    assert got == [("sent", f"<p{held[0]}>", None, True), ("failed", None, 554, True),
+                   ("sending", None, None, False), ("sent", "<kept>", None, True)]
+    assert abs((rows[ids[0]].sent_at - sent_at).total_seconds()) < 0.001
+
+
+def test_a_configured_sms_rate_is_held_at_the_provider(app, ctx, fake_twilio, quiet_off, run_worker):
+    """200 SMS through 8 worker threads and batches of 25 with SMS_RATE_PER_SECOND=100 on the real
+    Redis, counted where they arrive (the fake Twilio's clock): they never go faster than the rate
+    beyond the tenth of a second's burst the limiter allows. Load can only slow them down. (The
+    limiter's own precision, by Redis time, is tests/campaigns/test_ratelimit.py's.)"""
+    import time
+
+    rate, count = 100, 200
+    make_contacts(count, channel="sms")
+    campaign_id = make_campaign(channel="sms")
+    with configured(app, SMS_RATE_PER_SECOND=rate, CAMPAIGN_BATCH_SIZE=25):
+        launched = time.time()
+        dispatch.launch(campaign_id)
+        run_worker(threads=8)
+    assert len(fake_twilio.messages) == count and dispatch.stats(campaign_id)["sent"] == count
+    burst = rate // 10
+    # The first burst + 1 may leave at once, then one every 1/rate s: the last cannot arrive sooner.
+    assert max(fake_twilio.times) - launched >= (count - 1 - burst) / rate
+    # Per second of arrival, never more than twice the rate (a late grant arriving with the next ones).
+    per_second: dict[int, int] = {}
+    for t in fake_twilio.times:
+        per_second[int(t)] = per_second.get(int(t), 0) + 1
+    assert max(per_second.values()) <= 2 * rate

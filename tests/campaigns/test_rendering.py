@@ -211,3 +211,31 @@ def test_wire_bytes_equal_the_generators(app, ctx, tmp_path):
                                                                  if "text" in values else "m@example.org"),
                                                          delivery_id=3)
                 assert wire_bytes(msg) == msg.as_bytes()
+
+
+def test_quoted_printable_line_store_gives_what_b2a_qp_gives():
+    import binascii
+    import random
+
+    from campaigns.rendering import QPLines
+
+    pieces = [" ", "\t", ".", "=", "a", "é", "€", "\n", "\n", "From ", "-", "\u00a0", "😀", "x" * 10, " " * 3,
+              "\n.\n", "y" * 90]
+    rnd = random.Random(4)
+    store = QPLines(budget=4096)  # small: lines kept, then lines encoded each time
+    for _ in range(3000):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 60))) + "\n"
+        expected = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True)
+        assert store.encode(text) == expected
+        assert store.encode(text) == expected  # from the store, the second time
+    assert 0 < len(store.lines) and store.budget >= 0
+
+
+def test_a_campaign_message_is_the_same_from_its_line_store(app, ctx):
+    from campaigns.rendering import wire_bytes
+
+    c = compiled(campaign(html=HTML))
+    c.email(contact(), delivery_id=3)
+    again = c.email(contact(), delivery_id=4)  # the fixed lines now from the store
+    assert c.qp[0].lines and c.qp[1].lines
+    assert wire_bytes(again) == again.as_bytes()
