@@ -470,11 +470,12 @@ def _insert_new_signup(form: Form, signup: dict, channel: str, context: dict, la
               **{f"a_{k}": v for k, v in action_row.items()}}
     dialect = db.session.get_bind().dialect.name
     first, *others = _signup_statements(dialect, field, channel)
-    contact_id = db.session.execute(first, params).scalar()
+    conn = db.session.connection()  # Core statements: no ORM execution machinery
+    contact_id = conn.execute(first, params).scalar()
     if contact_id is not None:
         params["contact_id"] = contact_id
         for statement in others:
-            db.session.execute(statement, params)
+            conn.execute(statement, params)
     if contact_id is None:
         return None
     enqueue_after_commit(send_confirmation, contact_id, channel, form.id, lang)
