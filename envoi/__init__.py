@@ -125,6 +125,7 @@ def _ping_idle_connections(app: Flask, db) -> None:
         cursor = dbapi_conn.cursor()
         try:
             cursor.execute("SELECT 1")
+            dbapi_conn.rollback()  # leave no transaction open (a caller may want autocommit)
         except errors as err:
             raise exc.DisconnectionError(str(err)) from err
         finally:
