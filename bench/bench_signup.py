@@ -215,9 +215,9 @@ PROFILE_PARTS = [
     ("rate limits per IP and per address + forms' version (one Redis script)", "optin/ratelimit.py", "hit"),
     ("new signup: INSERT contact + consent event + action, COMMIT, enqueue (_insert_new_signup)",
      "optin/services.py", "_insert_new_signup"),
-    ("the INSERT statement(s)", "sqlalchemy/orm/scoping.py", "execute"),
-    ("COMMIT (incl. the after-commit enqueue)", "sqlalchemy/orm/scoping.py", "commit"),
-    ("after-commit enqueue of the confirmation (Dramatiq on Redis)", "envoi/tasks.py", "_send"),
+    ("the INSERT ... CTE statement (autocommit: one round trip)", "sqlalchemy/engine/base.py", "execute"),
+    ("confirmation queued once committed (Dramatiq on Redis)", "dramatiq/actor.py", "send"),
+    ("session COMMIT (0 on this path: nothing in the session)", "sqlalchemy/orm/scoping.py", "commit"),
     ("existing contact path (_store_signup; 0 when every address is new)", "optin/services.py", "_store_signup"),
     ("answer (_signup_done)", "optin/views.py", "_signup_done"),
     ("waiting on PostgreSQL (psycopg wait)", "psycopg/connection.py", "wait"),
@@ -381,8 +381,9 @@ def main(argv=None) -> None:
         f"posting, as the embed script does from an allowed site (`Origin` header), `email` (unique per request) + `first_name` + `_token` + empty honeypot, form-encoded, "
         f"`Accept: application/json`; each run bounded by {args.requests:,} requests and {args.duration} s; "
         f"baseline `GET /healthz` (one `SELECT 1`) with the same generator and concurrency, just before each run",
-        "- every signup does the real work: token check, honeypot, two Redis rate-limit windows, one transaction "
-        "(contact + requested consent event + signup action), the confirmation message queued on Redis after commit",
+        "- every signup does the real work: origin check, token check, honeypot, min fill time, the per-IP and "
+        "per-address rate limits (one Redis script), one transaction (contact + requested consent event + signup "
+        "action: one INSERT ... CTE statement), the confirmation message queued on Redis after commit",
         "",
         "| run | signups | signups/s | p50 | p99 | errors | healthz/s | healthz p99 | ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -241,13 +241,16 @@ def _post_signup(slug: str):
     lang = pick_lang()
     throttle = _Throttle(version)
     try:
-        response = _signup(form, lang, throttle)
+        return _counted(_signup(form, lang, throttle), throttle)
     except services.FormChanged:
         # Edited since this process cached it: the signup is redone on the form as it is now
         # (the counts already taken are reused, not taken twice).
         form, _ = services.signup_form(slug, fresh=True)
         throttle.version = None
-        response = _signup(form, lang, throttle)
+        return _counted(_signup(form, lang, throttle), throttle)
+
+
+def _counted(response, throttle: _Throttle):
     if not throttle.ip_counted:
         throttle([])  # nothing stored (bot, refused, invalid): the POST still counts for its IP
     return response

@@ -116,3 +116,21 @@ def test_limits_live_in_redis_under_the_limiter_prefix(app, client, make_form):
             assert keys and all(k.startswith(b"LIMITS:optin:") for k in keys)
             limiter.reset()
         assert signup(client, app, form, {"email": "b@example.org"}).status_code == 200
+
+
+def test_a_refusal_on_a_stale_copy_is_redone_on_the_edited_form(app, client, make_form):
+    """The version comes back with the IP count even when nothing is stored: a page newly allowed
+    by another process's edit is not refused on the old copy (and the POST counts once)."""
+    form = make_form()
+    assert signup(client, app, form, {"email": "a@example.org"}).status_code == 200
+    site = {"Origin": "https://new-shop.example.org"}
+    assert signup(client, app, form, {"email": "b@example.org"}, headers=site).status_code == 403
+    with app.app_context():
+        db.session.execute(sa.update(Form).where(Form.id == form["id"])
+                           .values(allowed_origins=["https://new-shop.example.org"]))
+        db.session.commit()
+        ratelimit.bump_forms_version()
+    with configured(app, SIGNUP_RATE_PER_IP="1/minute"):
+        resp = signup(client, app, form, {"email": "c@example.org"}, headers=site)
+        assert resp.status_code == 200 and resp.headers["Access-Control-Allow-Origin"] == site["Origin"]
+        assert signup(client, app, form, {"email": "d@example.org"}, headers=site).status_code == 429
