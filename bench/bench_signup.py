@@ -209,16 +209,17 @@ def accepted_in_log(log_path: Path, path: str) -> int:
 # Where a signup's time goes: (label, file suffix, function) of cumulative cProfile times.
 PROFILE_PARTS = [
     ("whole request in Flask (no HTTP server)", "flask/app.py", "wsgi_app"),
-    ("per-IP rate limit + view (flask-limiter decorator)", "flask_limiter/_limits.py", "__inner"),
-    ("per-address rate limit (Redis)", "optin/services.py", "_address_allowed"),
-    ("form lookups (by slug, by id)", "optin/services.py", "form_by_slug"),
-    ("", "optin/services.py", "get_form"),
+    ("before_request hooks (NUL check: parses the form; flask-limiter)", "flask/app.py", "preprocess_request"),
+    ("form (per-process cache)", "optin/services.py", "signup_form"),
     ("signup validation (clean_signup)", "optin/services.py", "clean_signup"),
-    ("contact lookup + insert (_targets)", "optin/services.py", "_targets"),
-    ("store signup: contact, consent event, action (_store_signup, incl. _targets)", "optin/services.py",
-     "_store_signup"),
-    ("COMMIT (flush + commit + after-commit enqueue on Redis)", "sqlalchemy/orm/scoping.py", "commit"),
-    ("answer (_signup_done: reloads the expired form)", "optin/views.py", "_signup_done"),
+    ("rate limits per IP and per address + forms' version (one Redis script)", "optin/ratelimit.py", "hit"),
+    ("new signup: INSERT contact + consent event + action, COMMIT, enqueue (_insert_new_signup)",
+     "optin/services.py", "_insert_new_signup"),
+    ("the INSERT ... CTE statement (autocommit: one round trip)", "sqlalchemy/engine/base.py", "execute"),
+    ("confirmation queued once committed (Dramatiq on Redis)", "dramatiq/actor.py", "send"),
+    ("session COMMIT (0 on this path: nothing in the session)", "sqlalchemy/orm/scoping.py", "commit"),
+    ("existing contact path (_store_signup; 0 when every address is new)", "optin/services.py", "_store_signup"),
+    ("answer (_signup_done)", "optin/views.py", "_signup_done"),
     ("waiting on PostgreSQL (psycopg wait)", "psycopg/connection.py", "wait"),
 ]
 
@@ -283,6 +284,7 @@ def main(argv=None) -> None:
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--worker-threads", type=int, default=4)
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--profile", type=int, default=300, help="signups profiled in-process (0: none)")
     parser.add_argument("--profile-child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.profile_child:
@@ -338,12 +340,14 @@ def main(argv=None) -> None:
             results.append((signup, health))
         time.sleep(1)  # let the answers wrk had in flight when it stopped reach the access log
         stop(gunicorn)
-        log("profiling 300 signups in-process (cProfile) ...")
-        prof = subprocess.run([sys.executable, __file__, "--profile-child", "300"], cwd=ROOT, capture_output=True,
-                              text=True, env=env)
-        if prof.returncode:
-            raise SystemExit(f"profile failed:\n{prof.stderr[-3000:]}")
-        profile = json.loads(prof.stdout.strip().splitlines()[-1])
+        profile = None
+        if args.profile:
+            log(f"profiling {args.profile} signups in-process (cProfile) ...")
+            prof = subprocess.run([sys.executable, __file__, "--profile-child", str(args.profile)], cwd=ROOT,
+                                  capture_output=True, text=True, env=env)
+            if prof.returncode:
+                raise SystemExit(f"profile failed:\n{prof.stderr[-3000:]}")
+            profile = json.loads(prof.stdout.strip().splitlines()[-1])
     finally:
         if gunicorn is not None:
             stop(gunicorn)
@@ -377,8 +381,9 @@ def main(argv=None) -> None:
         f"posting, as the embed script does from an allowed site (`Origin` header), `email` (unique per request) + `first_name` + `_token` + empty honeypot, form-encoded, "
         f"`Accept: application/json`; each run bounded by {args.requests:,} requests and {args.duration} s; "
         f"baseline `GET /healthz` (one `SELECT 1`) with the same generator and concurrency, just before each run",
-        "- every signup does the real work: token check, honeypot, two Redis rate-limit windows, one transaction "
-        "(contact + requested consent event + signup action), the confirmation message queued on Redis after commit",
+        "- every signup does the real work: origin check, token check, honeypot, min fill time, the per-IP and "
+        "per-address rate limits (one Redis script), one transaction (contact + requested consent event + signup "
+        "action: one INSERT ... CTE statement), the confirmation message queued on Redis after commit",
         "",
         "| run | signups | signups/s | p50 | p99 | errors | healthz/s | healthz p99 | ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -394,7 +399,7 @@ def main(argv=None) -> None:
         f"({rows['distinct_emails']:,} distinct addresses) and {rows['requested_events']:,} requested consent events "
         f"on {rows['contacts_with_event']:,} contacts: **{'every accepted signup stored exactly once' if stored_once else 'MISMATCH'}**.",
     ]
-    lines += [
+    lines += [] if profile is None else [
         "",
         f"Where a signup's time goes: {profile['count']} signups through the Flask test client (no HTTP server, "
         f"no concurrency) under cProfile, same database and Redis: {profile['wall_ms']:.1f} ms each (cProfile adds "

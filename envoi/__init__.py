@@ -55,6 +55,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(_root() / "migrations"))
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         _tune_sqlite(app, db)
+    elif not app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_pre_ping"):
+        _ping_idle_connections(app, db)
 
     from envoi.errors import register_error_handlers
 
@@ -90,7 +92,44 @@ def _engine_options(url: str) -> dict:
     if url.startswith("sqlite"):
         # Writers queue instead of failing with "database is locked".
         return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    # No pool_pre_ping (a ping is two round trips, BEGIN + SELECT 1, on every request): a connection
+    # idle longer than PING_IDLE_SECONDS is pinged at checkout instead (_ping_idle_connections).
+    return {"pool_size": 10, "max_overflow": 20}
+
+
+PING_IDLE_SECONDS = 10.0
+
+
+def _ping_idle_connections(app: Flask, db) -> None:
+    """Pessimistic disconnect handling where it is needed: a pooled connection back within
+    PING_IDLE_SECONDS (a busy server) is used as is; one idle longer (the database may have
+    restarted meanwhile) is pinged first and replaced if dead. A connection that dies while in
+    use fails its request and SQLAlchemy drops the whole pool."""
+    import time
+
+    from sqlalchemy import event, exc
+
+    with app.app_context():
+        engine = db.engine
+    errors = engine.dialect.loaded_dbapi.Error
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record):
+        record.info["envoi_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn, record, _proxy):
+        since = record.info.get("envoi_idle_since")
+        if since is not None and time.monotonic() - since < PING_IDLE_SECONDS:
+            return
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("SELECT 1")
+            dbapi_conn.rollback()  # leave no transaction open (a caller may want autocommit)
+        except errors as err:
+            raise exc.DisconnectionError(str(err)) from err
+        finally:
+            cursor.close()
 
 
 def _tune_sqlite(app: Flask, db) -> None:

@@ -24,7 +24,7 @@ migrate = Migrate()
 api = Api()
 
 
-from flask import current_app, has_app_context  # noqa: E402
+from flask import current_app, has_app_context, request  # noqa: E402
 from flask_limiter import Limiter  # noqa: E402
 from flask_limiter.util import get_remote_address  # noqa: E402
 
@@ -35,9 +35,18 @@ class AppLimiter(Limiter):
     The stock extension keeps one storage per Limiter object, so a second app built in the same
     process (tests, scripts) would silently move every app's counters to its own Redis."""
 
+    # Endpoints that count their own requests (optin/ratelimit.py) and have no limit of flask-limiter's
+    # (there are no default limits): its before_request hook skips them outright.
+    self_limited: set = {"optin.form_page"}
+
     def init_app(self, app) -> None:
         super().init_app(app)
         app.extensions["envoi_limiter"] = (self._storage, self._limiter)
+
+    def _check_request_limit(self, callable_name=None, in_middleware: bool = True) -> None:
+        if in_middleware and request.endpoint in self.self_limited:
+            return
+        super()._check_request_limit(callable_name, in_middleware)
 
     def _state(self):
         if has_app_context():

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from sqlalchemy import event, orm
 from flask import current_app, render_template
-from limits import parse_many
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from contacts.models import (PERSONAL_FIELDS, Action, AttributeDefinition, ConsentEvent, Contact, ContactTopic,
@@ -20,7 +22,7 @@ from envoi.errors import Conflict, NotFound, ValidationError
 from envoi.extensions import db
 from envoi.tasks import enqueue_after_commit
 from envoi.types import utcnow
-from optin import tokens
+from optin import ratelimit, tokens
 from optin.i18n import DEFAULT_LANG, LANGS, lang_of, texts
 from optin.models import POPUP_TRIGGERS, Form
 
@@ -274,6 +276,63 @@ def delete_form(form_id: int) -> None:
     db.session.commit()
 
 
+# Signups read their form from a per-process cache: a copy (detached from any session) is used as
+# long as the forms' version in Redis has not moved (read by the signup's one rate-limit round trip;
+# bumped after the commit of any ORM change to a form, wherever it is made), and at most
+# FORM_CACHE_SECONDS (a backstop for rows changed by plain SQL).
+FORM_CACHE_SECONDS = 60.0
+
+
+class FormChanged(Exception):
+    """A form changed since the cached copy was read: reload it and redo the signup."""
+
+
+def _form_cache() -> dict:
+    return current_app.extensions.setdefault("envoi_form_cache", {})
+
+
+def signup_form(slug: str, *, fresh: bool = False) -> tuple[Form, int]:
+    """The form for a signup POST and the forms' version it was read at (cached per process)."""
+    cache = _form_cache()
+    entry = None if fresh else cache.get(slug)
+    now = time.monotonic()
+    if entry is not None and now - entry[2] < FORM_CACHE_SECONDS:
+        return entry[0], entry[1]
+    version = ratelimit.forms_version()  # before the row: an edit in between shows as a newer version
+    cache.pop(slug, None)
+    form = form_by_slug(slug)
+    db.session.expunge(form)  # a read-only copy: no commit expires it, no flush writes it
+    cache[slug] = (form, version, now)
+    return form, version
+
+
+def forms_changed() -> None:
+    """After a form's commit: this process drops its copies, the others see a new version."""
+    _form_cache().clear()
+    try:
+        ratelimit.bump_forms_version()
+    except Exception:  # noqa: BLE001 - the change is committed; other processes catch up within the backstop
+        log.warning("could not bump the forms' version in Redis", exc_info=True)
+
+
+@event.listens_for(Form, "after_insert")
+@event.listens_for(Form, "after_update")
+@event.listens_for(Form, "after_delete")
+def _form_written(_mapper, connection, _target) -> None:
+    orm.Session.object_session(_target).info["envoi_forms_changed"] = True
+
+
+@event.listens_for(orm.Session, "after_commit")
+def _after_form_commit(session) -> None:
+    if session.info.pop("envoi_forms_changed", False):
+        forms_changed()
+
+
+@event.listens_for(orm.Session, "after_rollback")
+def _after_form_rollback(session) -> None:
+    session.info.pop("envoi_forms_changed", None)
+
+
 def list_forms(after: int | None, limit: int) -> tuple[list[Form], int | None]:
     q = sa.select(Form).order_by(Form.id).limit(limit + 1)
     if after:
@@ -351,29 +410,37 @@ def clean_signup(form: Form, raw: dict) -> dict:
 
 def _address_allowed(kind: str, address: str) -> bool:
     """At most SIGNUP_RATE_PER_ADDRESS confirmation messages per address (shared by every process)."""
-    from envoi.extensions import limiter
-
-    strategy = limiter.limiter
-    items = parse_many(current_app.config["SIGNUP_RATE_PER_ADDRESS"])
-    return all([strategy.hit(item, "optin-address", kind, address) for item in items])
+    return ratelimit.hit(None, [(kind, address)]).allowed[(kind, address)]
 
 
-def request_optin(form_id: int, raw: dict, context: dict, lang: str = DEFAULT_LANG) -> dict:
+def _addresses_allowed(pairs: list[tuple[str, str]]) -> dict:
+    return ratelimit.hit(None, pairs).allowed if pairs else {}
+
+
+def request_optin(form: Form | int, raw: dict, context: dict, lang: str = DEFAULT_LANG, *, throttle=None) -> dict:
     """A signup on a form: validate, throttle per address, record the request and send the
     confirmation (double opt-in) or grant at once. The outcome never says whether the address was
-    known: {"status": "requested" | "granted" | "throttled"}."""
-    form = get_form(form_id)
+    known: {"status": "requested" | "granted" | "throttled"}.
+
+    `throttle(pairs)` answers which (channel, address) may get a confirmation message; it is called
+    once, before anything is written (the signup view also counts the IP in that same call)."""
+    form = get_form(form) if isinstance(form, int) else form
     signup = clean_signup(form, raw)
     clean = signup["clean"]
     channels = [c for c in form.channels if clean.get("email" if c == "email" else "phone")]
     if not channels:
         raise ValidationError("invalid signup", {"email" if "email" in form.fields else "phone": "required"})
+    pairs = [(c, clean["email"] if c == "email" else clean["phone"]) for c in channels] if form.double_opt_in else []
+    allowed = (throttle or _addresses_allowed)(pairs)
     if form.double_opt_in:
-        channels = [c for c in channels
-                    if _address_allowed(c, clean["email"] if c == "email" else clean["phone"])]
+        channels = [c for c, address in pairs if allowed.get((c, address))]
         if not channels:
             return {"status": "throttled"}
-    topics = topic_ids(form.topics or []) if form.topics else {}
+        if len(channels) == 1 and len([k for k in ("email", "phone") if clean.get(k)]) == 1:
+            contact_id = _insert_new_signup(form, signup, channels[0], context, lang)
+            if contact_id is not None:
+                return {"status": "requested"}
+    topics = topic_ids(form.topics or []) if form.topics and not form.double_opt_in else {}
     for _ in range(3):
         try:
             result = _store_signup(form, signup, channels, sorted(topics.values()), context, lang)
@@ -383,6 +450,45 @@ def request_optin(form_id: int, raw: dict, context: dict, lang: str = DEFAULT_LA
             # Another signup inserted this address between our read and our write: retry as an update.
             db.session.rollback()
     raise Conflict("the contact changed concurrently; retry", {})
+
+
+def _insert_new_signup(form: Form, signup: dict, channel: str, context: dict, lang: str) -> int | None:
+    """The common case, a double opt-in signup of an address nobody has: the contact, its requested
+    consent event and its signup action in one statement on PostgreSQL (three in a transaction on
+    SQLite), committed, the confirmation queued. None (nothing written) when the address is
+    already someone's."""
+    from workers.optin import send_confirmation
+
+    now = utcnow()
+    field = "email" if channel == "email" else "phone"
+    contact_row = {field: signup["clean"][field], f"{channel}_status": "pending", f"{channel}_status_at": now,
+                   "tags": [], "attributes": {}, "lifecycle": "prospect", "created_at": now, "updated_at": now}
+    event_row = _event_row(channel, "requested", "form", context, text=form.consent_text, source=f"form:{form.slug}",
+                           data=_evidence(form, signup, lang), now=now)
+    action_row = {"kind": "signup", "occurred_at": now, "created_at": now,
+                  "data": _signup_action_data(form, [channel], created=True)}
+    params = {**{f"c_{k}": v for k, v in contact_row.items()}, **{f"e_{k}": v for k, v in event_row.items()},
+              **{f"a_{k}": v for k, v in action_row.items()}}
+    engine = db.session.get_bind()
+    first, *others = _signup_statements(engine.dialect.name, field, channel)
+    if not others:
+        # PostgreSQL: one statement is one transaction of its own; in autocommit it costs one round
+        # trip (no BEGIN, no COMMIT), on a pooled connection of its own.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            contact_id = conn.execute(first, params).scalar()
+        if contact_id is not None:
+            send_confirmation.send(contact_id, channel, form.id, lang)  # committed already
+        return contact_id
+    conn = db.session.connection()  # Core statements: no ORM execution machinery
+    contact_id = conn.execute(first, params).scalar()
+    if contact_id is None:
+        return None
+    params["contact_id"] = contact_id
+    for statement in others:
+        conn.execute(statement, params)
+    enqueue_after_commit(send_confirmation, contact_id, channel, form.id, lang)
+    db.session.commit()
+    return contact_id
 
 
 def _find(field: str, value: str | None) -> Contact | None:
@@ -438,14 +544,18 @@ def _targets(email: str | None, phone: str | None, need_sms: bool, initial: dict
     return targets, created
 
 
-def _event(contact_id: int, channel: str, kind: str, method: str, context: dict, *, topic_id=None, text=None,
-           source=None, data=None, now=None) -> None:
+def _event_row(channel: str, kind: str, method: str, context: dict, *, topic_id=None, text=None, source=None,
+               data=None, now=None) -> dict:
     now = now or utcnow()
-    db.session.add(ConsentEvent(
-        contact_id=contact_id, channel=channel, topic_id=topic_id, kind=kind, method=method,
-        source=(source or context.get("source") or method)[:300], text=text, consented_at=now, recorded_at=now,
-        ip=(context.get("ip") or None), user_agent=(context.get("user_agent") or "")[:500] or None,
-        page_url=(context.get("page_url") or "")[:1000] or None, data=data or {}))
+    return {"channel": channel, "topic_id": topic_id, "kind": kind, "method": method,
+            "source": (source or context.get("source") or method)[:300], "text": text, "consented_at": now,
+            "recorded_at": now, "ip": context.get("ip") or None,
+            "user_agent": (context.get("user_agent") or "")[:500] or None,
+            "page_url": (context.get("page_url") or "")[:1000] or None, "data": data or {}}
+
+
+def _event(contact_id: int, channel: str, kind: str, method: str, context: dict, **kwargs) -> None:
+    db.session.add(ConsentEvent(contact_id=contact_id, **_event_row(channel, kind, method, context, **kwargs)))
 
 
 def _action(contact_id: int, kind: str, data: dict) -> None:
@@ -461,8 +571,7 @@ def _store_signup(form: Form, signup: dict, channels: list[str], topic_id_list: 
     initial = {c: {f"{c}_status": "pending", f"{c}_status_at": now} for c in channels} if form.double_opt_in else {}
     targets, created = _targets(clean.get("email"), clean.get("phone"), "sms" in channels, initial, now)
     source = f"form:{form.slug}"
-    evidence = {"form_id": form.id, "form": form.slug, "consent_version": form.consent_version,
-                "values": _json_ready(signup["raw"]), "topics": list(form.topics or []), "lang": lang}
+    evidence = _evidence(form, signup, lang)
     status = "requested"
     touched: dict[int, list[str]] = {}
     for channel in channels:
@@ -484,9 +593,63 @@ def _store_signup(form: Form, signup: dict, channels: list[str], topic_id_list: 
                    overwrite=contact.id in created, text=form.consent_text)
         contact.updated_at = now
     for contact_id, chans in touched.items():
-        _action(contact_id, "signup", {"form": form.slug, "channels": chans, "created": contact_id in created,
-                                       "double_opt_in": form.double_opt_in})
+        _action(contact_id, "signup", _signup_action_data(form, chans, created=contact_id in created))
     return {"status": status}
+
+
+_SIGNUP_STATEMENTS: dict = {}
+
+
+def _signup_statements(dialect: str, field: str, channel: str) -> tuple:
+    """The INSERTs of a new signup, built once (named parameters c_*, e_*, a_*): on PostgreSQL one
+    statement (data-modifying CTEs: the event and the action exist only if the contact was
+    inserted); elsewhere the contact's INSERT ... ON CONFLICT DO NOTHING RETURNING id, then the two
+    others with `contact_id`."""
+    key = (dialect, field, channel)
+    if key in _SIGNUP_STATEMENTS:
+        return _SIGNUP_STATEMENTS[key]
+    contacts, events, actions = Contact.__table__, ConsentEvent.__table__, Action.__table__
+    event_cols = ["channel", "topic_id", "kind", "method", "source", "text", "consented_at", "recorded_at", "ip",
+                  "user_agent", "page_url", "data"]
+    action_cols = ["kind", "occurred_at", "created_at", "data"]
+    contact_values = {c.key: sa.bindparam(f"c_{c.key}", c.default.arg, type_=c.type)
+                      for c in contacts.c if c.default is not None and c.default.is_scalar}
+    for name in (field, f"{channel}_status", f"{channel}_status_at", "tags", "attributes", "lifecycle", "created_at",
+                 "updated_at"):
+        contact_values[name] = sa.bindparam(f"c_{name}", type_=contacts.c[name].type)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    new = insert(contacts).values(contact_values).on_conflict_do_nothing().returning(contacts.c.id)
+
+    def params(table, prefix, cols):
+        return [sa.bindparam(f"{prefix}_{k}", type_=table.c[k].type) for k in cols]
+
+    if dialect == "postgresql":
+        created = new.cte("new_contact")
+
+        def child(table, prefix, cols):
+            values = sa.select(created.c.id, *params(table, prefix, cols))
+            return table.insert().from_select(["contact_id", *cols], values, include_defaults=False) \
+                .cte(f"new_{table.name}")
+
+        statements = (sa.select(created.c.id).add_cte(child(events, "e", event_cols), child(actions, "a", action_cols)),)
+    else:
+        contact_id = sa.bindparam("contact_id", type_=events.c.contact_id.type)
+        statements = (new, events.insert().values(dict(zip(["contact_id", *event_cols],
+                                                              [contact_id, *params(events, "e", event_cols)]))),
+                      actions.insert().values(dict(zip(["contact_id", *action_cols],
+                                                       [contact_id, *params(actions, "a", action_cols)]))))
+    _SIGNUP_STATEMENTS[key] = statements
+    return statements
+
+
+def _evidence(form: Form, signup: dict, lang: str) -> dict:
+    """What a requested consent event keeps of a signup (the values wait there for the confirmation)."""
+    return {"form_id": form.id, "form": form.slug, "consent_version": form.consent_version,
+            "values": _json_ready(signup["raw"]), "topics": list(form.topics or []), "lang": lang}
+
+
+def _signup_action_data(form: Form, channels: list[str], *, created: bool) -> dict:
+    return {"form": form.slug, "channels": channels, "created": created, "double_opt_in": form.double_opt_in}
 
 
 def _json_ready(values: dict) -> dict:

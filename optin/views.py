@@ -11,11 +11,12 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, Response, current_app, g, jsonify, make_response, redirect, render_template, request,
                    session)
 from itsdangerous import BadSignature, URLSafeSerializer
+from werkzeug.exceptions import TooManyRequests
 
 from contacts.models import AttributeDefinition
 from envoi.errors import NotFound, ValidationError
 from envoi.extensions import db, limiter
-from optin import services, tokens
+from optin import ratelimit, services, tokens
 from optin.i18n import lang_of, pick_lang, texts
 from optin.models import Form
 
@@ -183,9 +184,11 @@ def _cross_origin_check(form: Form) -> tuple[bool, str | None]:
 
 
 @bp.route("/forms/<slug>", methods=["GET", "POST", "OPTIONS"])
-@limiter.limit(_ip_rate, methods=["POST"], error_message="too many signups from this address; try again later")
+@limiter.exempt  # POSTs are counted per IP by _Throttle, with the per-address limit, in one round trip
 def form_page(slug: str):
     """The hosted signup page (HTML or, for the embed script, JSON) and the signup itself."""
+    if request.method == "POST":
+        return _post_signup(slug)
     form = services.form_by_slug(slug)
     g.origin_checked = True
     allowed, cors = _cross_origin_check(form)
@@ -200,20 +203,63 @@ def form_page(slug: str):
             response.headers["Access-Control-Max-Age"] = "600"
         return response
     lang = pick_lang()
-    if request.method == "GET":
-        if request.accept_mimetypes.best == "application/json":
-            if cors:
-                g.cors_origin = cors
-            response = jsonify(_form_json(form, lang))
-            response.headers["Cache-Control"] = "no-store"
-            return response
-        return _render_form(form, lang)
-    return _signup(form, lang, allowed, cors)
+    if request.accept_mimetypes.best == "application/json":
+        if cors:
+            g.cors_origin = cors
+        response = jsonify(_form_json(form, lang))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    return _render_form(form, lang)
 
 
-def _signup(form: Form, lang: str, allowed: bool, cors: str | None):
+class _Throttle:
+    """The signup's one Redis round trip: this IP's windows (every POST counts), the addresses'
+    windows and the forms' version; a form edited since the cached copy was read is FormChanged."""
+
+    def __init__(self, version: int):
+        self.version: int | None = version
+        self.ip_counted = False
+        self.known: dict = {}
+
+    def __call__(self, pairs: list[tuple[str, str]]) -> dict:
+        todo = [pair for pair in pairs if pair not in self.known]
+        if not self.ip_counted or todo:
+            outcome = ratelimit.hit(None if self.ip_counted else (request.remote_addr or "-"), todo)
+            self.ip_counted = True
+            if outcome.retry_after:
+                raise TooManyRequests("too many signups from this address; try again later",
+                                      retry_after=outcome.retry_after)
+            self.known.update(outcome.allowed)
+            if self.version is not None and outcome.version != self.version:
+                raise services.FormChanged()
+        return {pair: self.known[pair] for pair in pairs}
+
+
+def _post_signup(slug: str):
+    form, version = services.signup_form(slug)
+    g.origin_checked = True
+    lang = pick_lang()
+    throttle = _Throttle(version)
+    try:
+        return _counted(_signup(form, lang, throttle), throttle)
+    except services.FormChanged:
+        # Edited since this process cached it: the signup is redone on the form as it is now
+        # (the counts already taken are reused, not taken twice).
+        form, _ = services.signup_form(slug, fresh=True)
+        throttle.version = None
+        return _counted(_signup(form, lang, throttle), throttle)
+
+
+def _counted(response, throttle: _Throttle):
+    if not throttle.ip_counted:
+        throttle([])  # nothing stored (bot, refused, invalid): the POST still counts for its IP
+    return response
+
+
+def _signup(form: Form, lang: str, throttle: _Throttle):
     as_json = _wants_json()
     t = texts(lang)
+    allowed, cors = _cross_origin_check(form)
     if not allowed:
         if as_json:
             return jsonify({"error": "this site may not use this form", "fields": {"Origin": "not allowed"}}), 403
@@ -234,21 +280,18 @@ def _signup(form: Form, lang: str, allowed: bool, cors: str | None):
     too_fast = issued is None or time.time() - issued < current_app.config["SIGNUP_MIN_SECONDS"]
     if data.get("website") or too_fast:
         return _signup_done(form, lang, as_json)  # a bot: same answer, nothing stored
-    # Read before the service commits: afterwards the form's attributes are expired and the
-    # answer would load the form again.
-    answer = (_success_message(form, t), form.redirect_url)
     try:
-        services.request_optin(form.id, data, _context(data), lang)
+        services.request_optin(form, data, _context(data), lang, throttle=throttle)
     except ValidationError as err:
         if as_json:
             return jsonify({"error": err.message, "fields": err.fields}), 422
         return _render_form(form, lang, 422, errors=err.fields, values=data, notice=t["form_errors"])
-    return _signup_done(form, lang, as_json, answer)
+    return _signup_done(form, lang, as_json)
 
 
-def _signup_done(form: Form, lang: str, as_json: bool, answer: tuple[str, str | None] | None = None):
+def _signup_done(form: Form, lang: str, as_json: bool):
     t = texts(lang)
-    message, redirect_url = answer or (_success_message(form, t), form.redirect_url)
+    message, redirect_url = _success_message(form, t), form.redirect_url
     if as_json:
         return jsonify({"status": "ok", "message": message, "redirect_url": redirect_url})
     if redirect_url:

@@ -14,9 +14,11 @@ from workers.broker import app_context_middleware
 
 @pytest.fixture(autouse=True)
 def _fresh_limits(app):
-    """Rate-limit counters live in Redis: every test starts with none."""
+    """Rate-limit counters live in Redis: every test starts with none. The tables are emptied by
+    plain SQL between tests (no form commit to drop the cached forms): start with none either."""
     with app.app_context():
         limiter.reset()
+    app.extensions.pop("envoi_form_cache", None)
     broker.flush_all()
     yield
 
