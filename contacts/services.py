@@ -361,7 +361,8 @@ def contact_filters(filters: dict) -> list:
         tags = clean_tags([filters["tag"]], errors, "tag")
         if errors:
             raise ValidationError("invalid filter", errors)
-        conds.append(has_tag(tags[0]))
+        if tags:  # a blank tag (spaces only) filters nothing, like an absent one
+            conds.append(has_tag(tags[0]))
     if filters.get("topic"):
         topic_id = topic_ids([filters["topic"]], "topic")[filters["topic"]]
         conds.append(sa.exists().where(ContactTopic.contact_id == Contact.id, ContactTopic.topic_id == topic_id,

@@ -1,7 +1,7 @@
 """tracking speed: names of the drained hit batches, the portfolio's covering index
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-11-23 21:00:00
 
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0010'
-down_revision = '0008'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
