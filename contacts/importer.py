@@ -239,7 +239,7 @@ def validate_rows(rows: list[list[str]], keys=None, attr_types=None, region=None
 
 def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = None, delimiter: str | None = None,
                rejects_path: str | None = None, method: str = "import", author_id: int | None = None,
-               workers: int | None = None, chunk_rows: int = CHUNK_ROWS, progress=None) -> ImportResult:
+               workers: int | None = None, chunk_rows: int | None = None, progress=None) -> ImportResult:
     """Import a CSV file of contacts; returns the counts. Bad files raise ValidationError before any write.
 
     `progress(bytes_read, result)` is called after each chunk is committed, with the counts so far; `workers` sets the validation pool
@@ -275,7 +275,7 @@ def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = No
                     if not cells or (len(cells) == 1 and not cells[0].strip()):
                         continue
                     chunk.append(cells)
-                    if len(chunk) >= chunk_rows:
+                    if len(chunk) >= (chunk_rows or CHUNK_ROWS):
                         yield chunk
                         chunk = []
             except UnicodeDecodeError:
@@ -723,17 +723,32 @@ def run_import_job(job_id: int) -> None:
     back in the queue and re-raises so the broker retries it (the import itself is idempotent).
     """
     jobs = ImportJob.__table__
+    path = db.session.scalar(sa.select(jobs.c.path).where(jobs.c.id == job_id))
+    try:
+        size = os.path.getsize(path) if path else None
+    except OSError:
+        size = None  # import_csv names the problem
     claimed = db.session.execute(sa.update(jobs).where(jobs.c.id == job_id, jobs.c.status == "queued")
-                                 .values(status="running", started_at=utcnow())).rowcount
+                                 .values(status="running", started_at=utcnow(), bytes_total=size, bytes_read=0,
+                                         rows=0, created=0, updated=0, unchanged=0, rejected=0)).rowcount
     db.session.commit()
     if not claimed:
         log.info("import job %s is not queued; nothing to do", job_id)
         return
     job = db.session.get(ImportJob, job_id)
     rejects_path = os.path.join(current_app.config["IMPORT_DIR"], f"job-{job_id}.rejects.csv")
+
+    def progress(bytes_read: int, result: ImportResult) -> None:
+        # Committed after each chunk (the chunk itself is committed already), so the admin page and
+        # GET /imports/{id} show the counts while the job runs.
+        db.session.execute(sa.update(jobs).where(jobs.c.id == job_id).values(
+            bytes_read=bytes_read, rows=result.rows, created=result.created, updated=result.updated,
+            unchanged=result.unchanged, rejected=result.rejected))
+        db.session.commit()
+
     try:
         result = import_csv(job.path, topic=(job.options or {}).get("topic"), rejects_path=rejects_path,
-                            author_id=job.author_id)
+                            author_id=job.author_id, progress=progress)
     except EnvoiError as err:
         db.session.rollback()
         detail = "; ".join(f"{k}: {v}" for k, v in err.fields.items())
@@ -744,7 +759,7 @@ def run_import_job(job_id: int) -> None:
         db.session.execute(sa.update(jobs).where(jobs.c.id == job_id).values(status="queued"))
         db.session.commit()
         raise
-    _finish(job_id, status="done", rows=result.rows, created=result.created, updated=result.updated,
+    _finish(job_id, status="done", bytes_read=size or 0, rows=result.rows, created=result.created, updated=result.updated,
             unchanged=result.unchanged, rejected=result.rejected, rejects_path=result.rejects_path, error=None)
 
 
