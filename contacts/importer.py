@@ -64,7 +64,7 @@ try:  # COPY goes through the driver's own connection, so its errors are the dri
 except ImportError:  # pragma: no cover - SQLite-only installs
     CONFLICTS = (IntegrityError,)
 
-_SCALAR_KEYS = ("email", "phone", *PERSONAL_FIELDS)
+_SCALAR_KEYS = frozenset(("email", "phone", *PERSONAL_FIELDS))
 _CONTACT_COLUMNS = ("email", "phone", *PERSONAL_FIELDS, "tags", "attributes", "email_status", "sms_status",
                     "email_status_at", "sms_status_at")
 
@@ -469,9 +469,8 @@ class _ChunkWriter:
     def _apply(self, state, clean, topic_ids, created, now, events, links) -> tuple[bool, int]:
         changed = created
         stale = 0
-        for key in _SCALAR_KEYS:
-            value = clean.get(key)
-            if value is not None and state[key] != value:
+        for key, value in clean.items():
+            if value is not None and key in _SCALAR_KEYS and state[key] != value:
                 state[key] = value
                 changed = True
         if "tags" in clean and clean["tags"] != _loaded(state, "tags"):
