@@ -162,19 +162,24 @@ _WORKER: dict = {}
 
 def _init_worker(keys, attr_types, region):
     _WORKER.update(keys=keys, attr_types=attr_types, region=region)
-    _quiet_gc().__enter__()  # for the pool process's life
+    _fewer_collections()  # for the pool process's life
 
 
-@contextmanager
-def _quiet_gc():
+def _fewer_collections() -> tuple:
     """Fewer garbage collections while importing: a chunk allocates ~100,000 short-lived objects
     (freed by reference counting; the rows make no cycles), and each full collection also walked
     every module object of Flask and SQLAlchemy. Freezing those and collecting young objects
-    less often saves ~20% of the import's CPU; what is left to collect still is, at the end."""
+    less often saves ~20% of the import's CPU. Returns the thresholds to restore."""
     before = gc.get_threshold()
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 1000)
+    return before
+
+
+@contextmanager
+def _quiet_gc():
+    before = _fewer_collections()
     try:
         yield
     finally:
