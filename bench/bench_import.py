@@ -213,6 +213,7 @@ def main(argv=None) -> None:
         print(f"generating {csv_path} ...", flush=True)
         generate(csv_path, args.rows, args.phone_share)
     size_mb = csv_path.stat().st_size / 2**20
+    header = machine_lines([sys.executable.rsplit('/', 1)[-1], *sys.argv])  # date and load at the start
     instance = tempfile.mkdtemp(prefix="envoi-bench-")
 
     print("COPY baseline ...", flush=True)
@@ -241,7 +242,7 @@ def main(argv=None) -> None:
     lines = [
         "## CSV import (PostgreSQL)",
         "",
-        *machine_lines([sys.executable.rsplit('/', 1)[-1], *sys.argv]),
+        *header,
         f"- PostgreSQL {postgres_version(url)} on the same machine; file {csv_path.name} ({size_mb:.0f} MiB, "
         f"{int(args.phone_share * 100)}% of rows with a phone, 30% confirmed with consent columns)",
         "- the import is `flask contacts import FILE` in a subprocess, full validation (`clean_contact` on every row), "
