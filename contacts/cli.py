@@ -72,7 +72,7 @@ def import_cmd(file, topic, maps, rejects_path, delimiter, workers):
         with click.progressbar(length=os.path.getsize(file), label="importing", file=sys.stderr) as bar:
             done = [0]
 
-            def progress(position):
+            def progress(position, _result):
                 bar.update(position - done[0])
                 done[0] = position
 

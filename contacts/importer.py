@@ -23,11 +23,13 @@ Re-importing a file changes nothing: every row is unchanged, no event is written
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import logging
 import os
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -62,6 +64,7 @@ try:  # COPY goes through the driver's own connection, so its errors are the dri
 except ImportError:  # pragma: no cover - SQLite-only installs
     CONFLICTS = (IntegrityError,)
 
+_SCALAR_KEYS = frozenset(("email", "phone", *PERSONAL_FIELDS))
 _CONTACT_COLUMNS = ("email", "phone", *PERSONAL_FIELDS, "tags", "attributes", "email_status", "sms_status",
                     "email_status_at", "sms_status_at")
 
@@ -159,6 +162,31 @@ _WORKER: dict = {}
 
 def _init_worker(keys, attr_types, region):
     _WORKER.update(keys=keys, attr_types=attr_types, region=region)
+    _fewer_collections()  # for the pool process's life
+
+
+def _fewer_collections() -> tuple:
+    """Fewer garbage collections while importing: a chunk allocates ~100,000 short-lived objects
+    (freed by reference counting; the rows make no cycles), and each full collection also walked
+    every module object of Flask and SQLAlchemy. Freezing those and collecting young objects
+    less often saves ~20% of the import's CPU. Full collections still run every ~2 million
+    allocations: rarer ones let cyclic garbage pile up (+100 MB over 1,000,000 rows).
+    Returns the thresholds to restore."""
+    before = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+    return before
+
+
+@contextmanager
+def _quiet_gc():
+    before = _fewer_collections()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def _row_to_raw(cells: list[str], keys) -> dict:
@@ -218,10 +246,10 @@ def validate_rows(rows: list[list[str]], keys=None, attr_types=None, region=None
 
 def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = None, delimiter: str | None = None,
                rejects_path: str | None = None, method: str = "import", author_id: int | None = None,
-               workers: int | None = None, chunk_rows: int = CHUNK_ROWS, progress=None) -> ImportResult:
+               workers: int | None = None, chunk_rows: int | None = None, progress=None) -> ImportResult:
     """Import a CSV file of contacts; returns the counts. Bad files raise ValidationError before any write.
 
-    `progress(bytes_read)` is called after each chunk; `workers` sets the validation pool
+    `progress(bytes_read, result)` is called after each chunk is committed, with the counts so far; `workers` sets the validation pool
     (default: 2 processes for large files on a multi-core machine, none otherwise).
     """
     topic_id = None
@@ -254,7 +282,7 @@ def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = No
                     if not cells or (len(cells) == 1 and not cells[0].strip()):
                         continue
                     chunk.append(cells)
-                    if len(chunk) >= chunk_rows:
+                    if len(chunk) >= (chunk_rows or CHUNK_ROWS):
                         yield chunk
                         chunk = []
             except UnicodeDecodeError:
@@ -265,13 +293,14 @@ def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = No
             if chunk:
                 yield chunk
 
-        for rows, cleaned in _validated(chunks(), layout.keys, attr_types, region, workers):
-            counts = writer.write(rows, cleaned, rejects)
-            result.rows += len(rows)
-            for key, value in counts.items():
-                setattr(result, key, getattr(result, key) + value)
-            if progress is not None:
-                progress(raw_file.tell())
+        with _quiet_gc():
+            for rows, cleaned in _validated(chunks(), layout.keys, attr_types, region, workers):
+                counts = writer.write(rows, cleaned, rejects)
+                result.rows += len(rows)
+                for key, value in counts.items():
+                    setattr(result, key, getattr(result, key) + value)
+                if progress is not None:
+                    progress(raw_file.tell(), result)
     finally:
         raw_file.close()
         rejects.close()
@@ -433,8 +462,9 @@ class _ChunkWriter:
         return counts
 
     def _topic_ids(self, clean) -> list[int]:
-        ids = []
-        slugs = clean.get("topics") or ()
+        slugs = clean.get("topics")
+        if not slugs:
+            return [] if self.topic_id is None else [self.topic_id]
         unknown = [s for s in slugs if s not in self.topics]
         if unknown:
             raise ValidationError("unknown topic", {"topics": f"unknown topic(s): {', '.join(unknown)}"})
@@ -446,9 +476,8 @@ class _ChunkWriter:
     def _apply(self, state, clean, topic_ids, created, now, events, links) -> tuple[bool, int]:
         changed = created
         stale = 0
-        for key in ("email", "phone", *PERSONAL_FIELDS):
-            value = clean.get(key)
-            if value is not None and state[key] != value:
+        for key, value in clean.items():
+            if value is not None and key in _SCALAR_KEYS and state[key] != value:
                 state[key] = value
                 changed = True
         if "tags" in clean and clean["tags"] != _loaded(state, "tags"):
@@ -638,10 +667,13 @@ def _loaded(state: dict, key: str):
     return value if value is not None else ([] if key == "tags" else {})
 
 
+_BLANK = {**{key: None for key in _CONTACT_COLUMNS}, "id": None, "lifecycle": "prospect", "email_status": "none",
+          "sms_status": "none"}
+
+
 def _blank_state() -> dict:
-    state = {key: None for key in _CONTACT_COLUMNS}
-    state.update(id=None, lifecycle="prospect", tags=[], attributes={}, email_status="none", sms_status="none",
-                 _links={})
+    state = _BLANK.copy()
+    state.update(tags=[], attributes={}, _links={})
     return state
 
 
@@ -697,17 +729,32 @@ def run_import_job(job_id: int) -> None:
     back in the queue and re-raises so the broker retries it (the import itself is idempotent).
     """
     jobs = ImportJob.__table__
+    path = db.session.scalar(sa.select(jobs.c.path).where(jobs.c.id == job_id))
+    try:
+        size = os.path.getsize(path) if path else None
+    except OSError:
+        size = None  # import_csv names the problem
     claimed = db.session.execute(sa.update(jobs).where(jobs.c.id == job_id, jobs.c.status == "queued")
-                                 .values(status="running", started_at=utcnow())).rowcount
+                                 .values(status="running", started_at=utcnow(), bytes_total=size, bytes_read=0,
+                                         rows=0, created=0, updated=0, unchanged=0, rejected=0)).rowcount
     db.session.commit()
     if not claimed:
         log.info("import job %s is not queued; nothing to do", job_id)
         return
     job = db.session.get(ImportJob, job_id)
     rejects_path = os.path.join(current_app.config["IMPORT_DIR"], f"job-{job_id}.rejects.csv")
+
+    def progress(bytes_read: int, result: ImportResult) -> None:
+        # Committed after each chunk (the chunk itself is committed already), so the admin page and
+        # GET /imports/{id} show the counts while the job runs.
+        db.session.execute(sa.update(jobs).where(jobs.c.id == job_id).values(
+            bytes_read=bytes_read, rows=result.rows, created=result.created, updated=result.updated,
+            unchanged=result.unchanged, rejected=result.rejected))
+        db.session.commit()
+
     try:
         result = import_csv(job.path, topic=(job.options or {}).get("topic"), rejects_path=rejects_path,
-                            author_id=job.author_id)
+                            author_id=job.author_id, progress=progress)
     except EnvoiError as err:
         db.session.rollback()
         detail = "; ".join(f"{k}: {v}" for k, v in err.fields.items())
@@ -718,7 +765,7 @@ def run_import_job(job_id: int) -> None:
         db.session.execute(sa.update(jobs).where(jobs.c.id == job_id).values(status="queued"))
         db.session.commit()
         raise
-    _finish(job_id, status="done", rows=result.rows, created=result.created, updated=result.updated,
+    _finish(job_id, status="done", bytes_read=size or 0, rows=result.rows, created=result.created, updated=result.updated,
             unchanged=result.unchanged, rejected=result.rejected, rejects_path=result.rejects_path, error=None)
 
 

@@ -21,7 +21,8 @@ imports_blp = Blueprint("imports", __name__, url_prefix="/imports", description=
 def _job_dict(job: ImportJob) -> dict:
     iso = lambda v: v.isoformat() if v else None  # noqa: E731
     return {"id": job.id, "filename": job.filename, "status": job.status, "rows": job.rows, "created": job.created,
-            "updated": job.updated, "unchanged": job.unchanged, "rejected": job.rejected, "error": job.error,
+            "updated": job.updated, "unchanged": job.unchanged, "rejected": job.rejected,
+            "bytes_read": job.bytes_read or 0, "bytes_total": job.bytes_total, "percent": job.percent, "error": job.error,
             "created_at": iso(job.created_at), "started_at": iso(job.started_at), "finished_at": iso(job.finished_at)}
 
 
@@ -53,7 +54,7 @@ def upload():
 @imports_blp.response(200, ImportJobSchema)
 @require("marketer")
 def get_job(job_id):
-    """An import's status and counts."""
+    """An import's status and counts; while it runs, the counts so far and how much of the file is read."""
     return _job_dict(_get_job(job_id))
 
 

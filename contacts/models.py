@@ -243,6 +243,9 @@ class ImportJob(db.Model):
     updated: Mapped[int] = mapped_column(sa.Integer, default=0)
     unchanged: Mapped[int] = mapped_column(sa.Integer, default=0)
     rejected: Mapped[int] = mapped_column(sa.Integer, default=0)
+    # Progress while running: the counters above and the bytes read are committed after each chunk.
+    bytes_read: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    bytes_total: Mapped[int | None] = mapped_column(sa.BigInteger)
     rejects_path: Mapped[str | None] = mapped_column(sa.String(1000))
     error: Mapped[str | None] = mapped_column(sa.Text)
     author_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
@@ -253,6 +256,15 @@ class ImportJob(db.Model):
     __table_args__ = (
         sa.CheckConstraint("status IN ('queued', 'running', 'done', 'failed')", name="status"),
     )
+
+    @property
+    def percent(self) -> int | None:
+        """How much of the file is imported, 0-100 (100 once done); None before the file was measured."""
+        if self.status == "done":
+            return 100
+        if not self.bytes_total:
+            return None
+        return min(100, (self.bytes_read or 0) * 100 // self.bytes_total)
 
 
 @event.listens_for(ConsentEvent, "before_update")

@@ -1,4 +1,5 @@
 import pytest
+import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -152,3 +153,46 @@ def test_fast_phone_path_takes_the_usual_french_shapes():
     assert _fast_phone("+33 6.12.34.56.78", "FR") == "+33612345678"
     assert _fast_phone("+33 (0)6 12 34 56 78", "FR") is None  # full path
     assert _fast_phone("06 12 34", "FR") is None
+
+
+def _library_valid(cc, national):
+    return phonenumbers.is_valid_number(phonenumbers.PhoneNumber(country_code=cc, national_number=int(national)))
+
+
+def test_validity_shortcut_agrees_with_phonenumbers_on_every_regions_numbers():
+    import random
+
+    from contacts.validation import _valid_national
+
+    rnd = random.Random(2)
+    checked = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        cc = phonenumbers.country_code_for_region(region)
+        samples = set()
+        for kind in range(12):  # every number type's example, and its neighbours
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            digits = str(example.national_number)
+            samples.update({digits, digits[:-1], digits + "0", str(int(digits) + 1), "9" + digits[1:]})
+        samples.update(str(rnd.randrange(1, 10)) + "".join(str(rnd.randrange(10)) for _ in range(rnd.randrange(3, 14)))
+                       for _ in range(40))
+        for national in samples:
+            if not national or national[0] == "0":
+                continue
+            fast = _valid_national(cc, national)
+            if fast is not None:
+                assert fast == _library_valid(cc, national), (region, national)
+                checked += 1
+    assert checked > 5000
+
+
+@settings(max_examples=1500, deadline=None)
+@given(cc=st.sampled_from([33, 32, 41, 49, 34, 31, 39, 351, 48, 1, 44, 7, 262, 590]),
+       national=st.from_regex(r"[1-9][0-9]{3,13}", fullmatch=True))
+def test_validity_shortcut_agrees_with_phonenumbers_on_random_digits(cc, national):
+    from contacts.validation import _valid_national
+
+    fast = _valid_national(cc, national)
+    if fast is not None:
+        assert fast == _library_valid(cc, national)
