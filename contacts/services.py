@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from datetime import datetime
 
@@ -102,15 +101,17 @@ def _missing(what: str, ident):
 
 # --- suppression (erased people) --------------------------------------------------------------
 
-def suppression_hash(kind: str, value: str) -> str:
-    key = current_app.config["SECRET_KEY"].encode()
-    return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+def suppression_hash(kind: str, value: str, key: bytes | None = None) -> str:
+    # hmac.digest: the same HMAC-SHA256 in one C call (a batch hashes hundreds of addresses).
+    key = current_app.config["SECRET_KEY"].encode() if key is None else key
+    return hmac.digest(key, f"{kind}:{value}".encode(), "sha256").hex()
 
 
 def suppressed_values(emails=(), phones=()) -> set[str]:
     """Which of these (normalised) addresses and numbers were erased and may not come back."""
-    wanted = {suppression_hash("email", e): e for e in emails if e}
-    wanted.update({suppression_hash("phone", p): p for p in phones if p})
+    key = current_app.config["SECRET_KEY"].encode()
+    wanted = {suppression_hash("email", e, key): e for e in emails if e}
+    wanted.update({suppression_hash("phone", p, key): p for p in phones if p})
     if not wanted:
         return set()
     hits = db.session.scalars(sa.select(Suppression.value_hash).where(Suppression.value_hash.in_(list(wanted))))

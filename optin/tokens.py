@@ -5,14 +5,20 @@
     unsubscribe  per contact and channel, in every message; never expires
     preferences  per contact, the preference centre; never expires
 
-Tokens are signed with ENVOI_SECRET_KEY (itsdangerous, HMAC); a tampered token, one signed for
-another purpose, or one whose payload has the wrong shape is a TokenInvalid. An expired
-confirm token is a TokenExpired that still carries its payload, so the page can offer a new link.
+Tokens are signed with ENVOI_SECRET_KEY (HMAC); a tampered token, one signed for another purpose,
+or one whose payload has the wrong shape is a TokenInvalid. An expired confirm token is a
+TokenExpired that still carries its payload, so the page can offer a new link.
+
+The confirm token is itsdangerous's. Unsubscribe and preferences tokens, in every campaign message,
+are compact ones (envoi.signing: one HMAC over a few bytes, ~50 times cheaper to make); those sent
+before in itsdangerous's format (they hold a '.') are still read.
 """
 from __future__ import annotations
 
 from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+from envoi import signing
 
 SALTS = {
     "confirm": "envoi.optin.confirm.v1",
@@ -20,6 +26,8 @@ SALTS = {
     "preferences": "envoi.preferences.v1",
 }
 CHANNELS = ("email", "sms")
+_CHANNEL_BYTES = {"email": b"e", "sms": b"s"}
+_BYTE_CHANNELS = {v: k for k, v in _CHANNEL_BYTES.items()}
 
 
 class TokenInvalid(Exception):
@@ -72,14 +80,31 @@ def _confirm_payload(payload) -> dict:
 
 # ---------------------------------------------------------------- unsubscribe / preferences (never expire)
 
+def _secret() -> str:
+    return current_app.config["SECRET_KEY"]
+
+
+def _compact(purpose: str, token: str, ints: int) -> tuple[list[int], bytes]:
+    try:
+        values, rest = signing.unpack_ints(signing.unsign(_secret(), SALTS[purpose], token), ints)
+    except signing.BadToken as err:
+        raise TokenInvalid(str(err)) from None
+    return values, rest
+
+
 def unsubscribe_token(contact_id: int, channel: str) -> str:
     if channel not in CHANNELS:
         raise ValueError(f"bad channel {channel!r}")
-    return _plain("unsubscribe").dumps([int(contact_id), channel])
+    return signing.sign(_secret(), SALTS["unsubscribe"], signing.pack_ints(int(contact_id)) + _CHANNEL_BYTES[channel])
 
 
 def read_unsubscribe_token(token: str) -> tuple[int, str]:
-    try:
+    if signing.is_compact(token):
+        (contact_id,), rest = _compact("unsubscribe", token, 1)
+        if rest not in _BYTE_CHANNELS:
+            raise TokenInvalid("bad payload")
+        return contact_id, _BYTE_CHANNELS[rest]
+    try:  # sent before the compact tokens
         payload = _plain("unsubscribe").loads(token)
     except BadSignature:
         raise TokenInvalid("bad signature") from None
@@ -90,11 +115,16 @@ def read_unsubscribe_token(token: str) -> tuple[int, str]:
 
 
 def preferences_token(contact_id: int) -> str:
-    return _plain("preferences").dumps(int(contact_id))
+    return signing.sign(_secret(), SALTS["preferences"], signing.pack_ints(int(contact_id)))
 
 
 def read_preferences_token(token: str) -> int:
-    try:
+    if signing.is_compact(token):
+        (contact_id,), rest = _compact("preferences", token, 1)
+        if rest:
+            raise TokenInvalid("bad payload")
+        return contact_id
+    try:  # sent before the compact tokens
         payload = _plain("preferences").loads(token)
     except BadSignature:
         raise TokenInvalid("bad signature") from None
