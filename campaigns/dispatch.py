@@ -739,10 +739,20 @@ def _watch_errors(campaign_id: int, failures: int, attempted: int, last_error: s
 
 
 def _finish_if_done(campaign_id: int, now: datetime) -> bool:
-    """A sending campaign whose rows are all final is sent."""
-    pending = sa.exists().where(D.c.campaign_id == campaign_id, D.c.status.in_(("queued", "sending")))
+    """A sending campaign whose rows are all final is sent.
+
+    Run after every batch, so it looks from the newest id down: rows are claimed in id order, and
+    each claimed row leaves its 'queued' (then 'sending') index entry behind until a VACUUM, at the
+    low ids. `EXISTS (status IN ...)` walked all of them (at half a 1,000,000-row campaign: 2,500
+    to 8,600 buffers, 45-800 ms a batch); from the top, the first live row is met at once (4 buffers).
+    """
+    def newest(status: str):
+        return (sa.select(D.c.id).where(D.c.campaign_id == campaign_id, D.c.status == status)
+                .order_by(D.c.id.desc()).limit(1).scalar_subquery())
+
     return bool(db.session.execute(
-        sa.update(Campaign).where(Campaign.id == campaign_id, Campaign.status == "sending", ~pending)
+        sa.update(Campaign).where(Campaign.id == campaign_id, Campaign.status == "sending",
+                                  newest("queued").is_(None), newest("sending").is_(None))
         .values(status="sent", finished_at=now, updated_at=now)
         .execution_options(synchronize_session=False)).rowcount)
 
