@@ -201,21 +201,10 @@ def rollups(start=None, end=None) -> bool:
     return start is None and end is None and dialect() == "postgresql"
 
 
-ROLLUP_TABLES = ("tracking_campaign_counts", "tracking_contact_counts", "tracking_timeline", "tracking_links",
-                 "tracking_link_contacts")
-
-
 def rebuild_rollups(conn) -> None:
-    """PostgreSQL: the rollups recomputed from message_events by the triggers' own function, for events
+    """PostgreSQL: the rollups computed afresh from message_events (migration 0012's function), for events
     loaded with the triggers off (session_replication_role = replica, as the benchmark's bulk load)."""
-    for table in ROLLUP_TABLES:
-        conn.execute(sa.text(f"DELETE FROM {table}"))
-    conn.execute(sa.text("CREATE TEMP TABLE tracking_rebuild (LIKE message_events)"))
-    conn.execute(sa.text("CREATE TRIGGER tracking_rebuild AFTER INSERT ON tracking_rebuild REFERENCING NEW TABLE "
-                         "AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tracking_rollup()"))
-    conn.execute(sa.text("INSERT INTO tracking_rebuild SELECT * FROM message_events "
-                         "WHERE campaign_id IS NOT NULL AND kind IN ('opened', 'clicked')"))
-    conn.execute(sa.text("DROP TABLE tracking_rebuild"))
+    conn.execute(sa.text("SELECT tracking_rollup_rebuild()"))
 
 
 def _timeline_rolled(campaign_id: int, origin: datetime) -> list | None:

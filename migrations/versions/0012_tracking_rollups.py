@@ -6,7 +6,7 @@ Create Date: 2026-11-24 00:00:00
 
 On PostgreSQL, statement triggers on message_events keep five rollup tables exact in the transaction
 that inserts, deletes (a contact's deletion cascades) or updates (erasure, merge of duplicates) the
-events; the existing events are rolled up here through the same function. SQLite gets the tables only
+events; the existing events are rolled up here by tracking_rollup_rebuild(). SQLite gets the tables only
 (the report computes from the events there).
 """
 from alembic import op
@@ -131,15 +131,52 @@ TRIGGERS = (
     "FOR EACH STATEMENT EXECUTE FUNCTION tracking_rollup()",
 )
 
-# The events already written go through the same function: copied to a scratch table with its own trigger.
-BACKFILL = (
-    "CREATE TEMP TABLE tracking_backfill (LIKE message_events) ON COMMIT DROP",
-    "CREATE TRIGGER tracking_backfill AFTER INSERT ON tracking_backfill REFERENCING NEW TABLE AS new_rows "
-    "FOR EACH STATEMENT EXECUTE FUNCTION tracking_rollup()",
-    "INSERT INTO tracking_backfill SELECT * FROM message_events "
-    "WHERE campaign_id IS NOT NULL AND kind IN ('opened', 'clicked')",
-    "DROP TABLE tracking_backfill",
-)
+# The rollups computed afresh from the events already written (by plain aggregates: the trigger's upserts
+# would take far longer on millions of events); also after a bulk load with triggers off.
+REBUILD_FUNCTION = """
+CREATE FUNCTION tracking_rollup_rebuild() RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    DELETE FROM tracking_campaign_counts;
+    DELETE FROM tracking_contact_counts;
+    DELETE FROM tracking_timeline;
+    DELETE FROM tracking_links;
+    DELETE FROM tracking_link_contacts;
+    CREATE TEMP TABLE tracking_rebuild ON COMMIT DROP AS
+        SELECT campaign_id, contact_id, kind, is_bot, occurred_at, data ->> 'url' AS url
+        FROM message_events WHERE campaign_id IS NOT NULL AND kind IN ('opened', 'clicked');
+    INSERT INTO tracking_contact_counts (campaign_id, contact_id, opens, clicks)
+        SELECT campaign_id, contact_id, count(*) FILTER (WHERE kind = 'opened'), count(*) FILTER (WHERE kind = 'clicked')
+        FROM tracking_rebuild WHERE NOT is_bot GROUP BY campaign_id, contact_id;
+    INSERT INTO tracking_campaign_counts (campaign_id, unique_opens, unique_clicks, opens, clicks, bot_opens, bot_clicks)
+        SELECT e.campaign_id, coalesce(u.uo, 0), coalesce(u.uc, 0), e.o, e.c, e.bo, e.bc
+        FROM (SELECT campaign_id,
+                     count(*) FILTER (WHERE NOT is_bot AND kind = 'opened') AS o,
+                     count(*) FILTER (WHERE NOT is_bot AND kind = 'clicked') AS c,
+                     count(*) FILTER (WHERE is_bot AND kind = 'opened') AS bo,
+                     count(*) FILTER (WHERE is_bot AND kind = 'clicked') AS bc
+              FROM tracking_rebuild GROUP BY campaign_id) e
+        LEFT JOIN (SELECT campaign_id, count(*) AS uo, count(*) FILTER (WHERE clicks > 0) AS uc
+                   FROM tracking_contact_counts GROUP BY campaign_id) u ON u.campaign_id = e.campaign_id;
+    INSERT INTO tracking_timeline (campaign_id, origin, bucket, opens, clicks)
+        SELECT e.campaign_id, coalesce(k.started_at, to_timestamp(0)),
+               CASE WHEN k.started_at IS NULL OR e.occurred_at < k.started_at THEN -1
+                    WHEN e.occurred_at < k.started_at + interval '48 hours'
+                        THEN floor(extract(epoch FROM e.occurred_at - k.started_at) / 3600)::int
+                    ELSE 48 + floor(extract(epoch FROM e.occurred_at - (k.started_at + interval '48 hours')) / 86400)::int
+               END,
+               count(*) FILTER (WHERE e.kind = 'opened'), count(*) FILTER (WHERE e.kind = 'clicked')
+        FROM tracking_rebuild e LEFT JOIN campaigns k ON k.id = e.campaign_id
+        WHERE NOT e.is_bot GROUP BY 1, 2, 3;
+    INSERT INTO tracking_link_contacts (campaign_id, url_key, contact_id, clicks)
+        SELECT campaign_id, coalesce(md5(url), '-'), contact_id, count(*)
+        FROM tracking_rebuild WHERE kind = 'clicked' AND NOT is_bot GROUP BY 1, 2, 3;
+    INSERT INTO tracking_links (campaign_id, url_key, url, clicks, unique_clicks)
+        SELECT campaign_id, coalesce(md5(url), '-'), min(url), count(*), count(DISTINCT contact_id)
+        FROM tracking_rebuild WHERE kind = 'clicked' AND NOT is_bot GROUP BY 1, 2;
+    DROP TABLE tracking_rebuild;
+END
+$fn$
+"""
 
 
 def upgrade():
@@ -197,10 +234,19 @@ def upgrade():
     sa.Column('clicks', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('campaign_id', 'url_key', 'contact_id', name=op.f('pk_tracking_link_contacts'))
     )
+    # Attribution's two lookups per purchase, down an index alone (campaigns/tracking_models.py).
+    human_click = "kind = 'clicked' AND is_bot IS false AND campaign_id IS NOT NULL"
+    op.create_index('ix_message_events_human_clicks', 'message_events', ['contact_id', 'occurred_at', 'id', 'campaign_id'],
+                    unique=False, postgresql_where=sa.text(human_click), sqlite_where=sa.text(human_click))
+    sent = "status IN ('sent', 'delivered', 'undelivered') AND sent_at IS NOT NULL"
+    op.create_index('ix_deliveries_contact_id_sent', 'deliveries', ['contact_id', 'sent_at', 'id', 'campaign_id'],
+                    unique=False, postgresql_where=sa.text(sent), sqlite_where=sa.text(sent))
     if op.get_bind().dialect.name == 'postgresql':
         op.execute(ROLLUP_FUNCTION)
-        for statement in (*TRIGGERS, *BACKFILL):
+        op.execute(REBUILD_FUNCTION)
+        for statement in TRIGGERS:
             op.execute(statement)
+        op.execute("SELECT tracking_rollup_rebuild()")
 
 
 def downgrade():
@@ -208,6 +254,9 @@ def downgrade():
         for name in ('insert', 'delete', 'update', 'truncate'):
             op.execute(f'DROP TRIGGER tracking_rollup_{name} ON message_events')
         op.execute('DROP FUNCTION tracking_rollup()')
+        op.execute('DROP FUNCTION tracking_rollup_rebuild()')
+    op.drop_index('ix_deliveries_contact_id_sent', table_name='deliveries')
+    op.drop_index('ix_message_events_human_clicks', table_name='message_events')
     for table in ('tracking_link_contacts', 'tracking_links', 'tracking_timeline', 'tracking_contact_counts',
                   'tracking_campaign_counts', 'sms_links'):
         op.drop_table(table)

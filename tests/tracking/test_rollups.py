@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from campaigns import tracking
 from campaigns.models import Campaign
-from campaigns.reports import campaign_report
+from campaigns.reports import campaign_report, rebuild_rollups
 from campaigns.tracking_models import TrackingCampaignCount, TrackingContactCount, TrackingLink
 from contacts.models import Contact
 from contacts.services import erase_contact
@@ -117,3 +117,7 @@ def test_rollups_equal_the_events_through_drains_erasure_and_deletion(app, ctx, 
     db.session.commit()
     assert_exact([a, b])
     assert any(link["url"] is None for link in campaign_report(a)["top_links"])
+    if db.session.get_bind().dialect.name == "postgresql":  # computed afresh: the same rows
+        rebuild_rollups(db.session.connection())
+        db.session.commit()
+        assert_exact([a, b])
