@@ -124,7 +124,7 @@ class ShortLink(db.Model):
 
     __tablename__ = "short_links"
 
-    code: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    code: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     campaign_id: Mapped[int | None] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
     contact_id: Mapped[int | None] = mapped_column(sa.ForeignKey("contacts.id", ondelete="CASCADE"))
     url: Mapped[str] = mapped_column(sa.Text)

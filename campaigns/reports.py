@@ -11,6 +11,10 @@
     timeline        human opens and clicks: hour by hour for the first 48 hours, then day by day
     top_links       the most clicked URLs (human clicks, unique contacts)
 
+On PostgreSQL, a report over all time (no `start`/`end`) reads the opens and clicks from rollups kept
+by triggers on message_events (campaigns/tracking_models.py, migration 0012): the same figures, from a few
+rows instead of the campaign's events. A range, or SQLite, computes them from the events.
+
 Attribution (last touch): a purchase is credited to the campaign of the contact's latest human
 click in the CONVERSION_WINDOW_DAYS before it; without a click, to the campaign of the latest
 message sent to the contact in that window. Computed at report time, so changing the window
@@ -24,6 +28,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from campaigns.models import Campaign, Delivery
+from campaigns.tracking_models import TrackingCampaignCount, TrackingLink, TrackingTimeline
 from contacts.models import Purchase
 from envoi.errors import NotFound
 from envoi.extensions import db
@@ -33,6 +38,7 @@ from segments.models import MessageEvent
 D = Delivery.__table__
 E = MessageEvent.__table__
 P = Purchase.__table__
+RC, RL, RT = TrackingCampaignCount.__table__, TrackingLink.__table__, TrackingTimeline.__table__
 SENT = ("sent", "delivered", "undelivered")
 DELIVERED = ("sent", "delivered")
 HOURLY = 48
@@ -123,16 +129,28 @@ def campaign_report(campaign_id: int, start: datetime | None = None, end: dateti
     ev = [E.c.campaign_id == campaign_id, *_in_range(E.c.occurred_at, start, end)]
     human = E.c.is_bot.is_(sa.false())
     opened_or_clicked = sa.and_(human, E.c.kind.in_(("opened", "clicked")))
-    row = db.session.execute(sa.select(
-        sa.func.count(sa.distinct(E.c.contact_id)).filter(opened_or_clicked),
-        sa.func.count(sa.distinct(E.c.contact_id)).filter(human, E.c.kind == "clicked"),
-        sa.func.count().filter(human, E.c.kind == "opened"),
-        sa.func.count().filter(human, E.c.kind == "clicked"),
-        sa.func.count().filter(E.c.is_bot.is_(sa.true()), E.c.kind == "opened"),
-        sa.func.count().filter(E.c.is_bot.is_(sa.true()), E.c.kind == "clicked"),
+    kinds = ("unsubscribed", "complained")
+    figures = [
         sa.func.count(sa.distinct(E.c.contact_id)).filter(E.c.kind == "unsubscribed"),
         sa.func.count(sa.distinct(E.c.contact_id)).filter(E.c.kind == "complained"),
-    ).where(*ev, E.c.kind.in_(("opened", "clicked", "unsubscribed", "complained")))).one()
+    ]
+    rolled = rollups(start, end)
+    if not rolled:
+        kinds += ("opened", "clicked")
+        figures[:0] = [
+            sa.func.count(sa.distinct(E.c.contact_id)).filter(opened_or_clicked),
+            sa.func.count(sa.distinct(E.c.contact_id)).filter(human, E.c.kind == "clicked"),
+            sa.func.count().filter(human, E.c.kind == "opened"),
+            sa.func.count().filter(human, E.c.kind == "clicked"),
+            sa.func.count().filter(E.c.is_bot.is_(sa.true()), E.c.kind == "opened"),
+            sa.func.count().filter(E.c.is_bot.is_(sa.true()), E.c.kind == "clicked"),
+        ]
+    row = tuple(db.session.execute(sa.select(*figures).where(*ev, E.c.kind.in_(kinds))).one())
+    if rolled:
+        counts = db.session.execute(sa.select(RC.c.unique_opens, RC.c.unique_clicks, RC.c.opens, RC.c.clicks,
+                                              RC.c.bot_opens, RC.c.bot_clicks)
+                                    .where(RC.c.campaign_id == campaign_id)).one_or_none()
+        row = tuple(counts or (0,) * 6) + row
     unique_opens, unique_clicks, opens, clicks, bot_opens, bot_clicks, unsubscribes, complaints = row
 
     origin = campaign.started_at
@@ -153,7 +171,7 @@ def campaign_report(campaign_id: int, start: datetime | None = None, end: dateti
         "unsubscribes": unsubscribes, "unsubscribe_rate": ratio(unsubscribes, delivered), "complaints": complaints,
         "bounce_rate": ratio(bounced, sent + bounced),
         **conv, "conversion_rate": ratio(conv["conversions"], delivered),
-        "timeline": _timeline(campaign_id, origin, start, end),
+        "timeline": _timeline(campaign_id, origin, start, end, campaign.started_at),
         "top_links": top_links(campaign_id, start, end),
     }
 
@@ -178,28 +196,35 @@ def _conversions(campaign_id: int, first_sent, last_sent, start, end) -> dict:
     return {"conversions": n, "purchases": lines, "revenue": f"{revenue or 0:.2f}", "window_days": days}
 
 
-def _timeline(campaign_id: int, origin: datetime | None, start, end) -> list[dict]:
+def rollups(start=None, end=None) -> bool:
+    """Whether the opens and clicks can be read from the rollups: PostgreSQL (triggers), over all time."""
+    return start is None and end is None and dialect() == "postgresql"
+
+
+def rebuild_rollups(conn) -> None:
+    """PostgreSQL: the rollups computed afresh from message_events (migration 0012's function), for events
+    loaded with the triggers off (session_replication_role = replica, as the benchmark's bulk load)."""
+    conn.execute(sa.text("SELECT tracking_rollup_rebuild()"))
+
+
+def _timeline_rolled(campaign_id: int, origin: datetime) -> list | None:
+    """The timeline's buckets from the rollup; None when some were counted from another origin (the
+    campaign had not started when they were written: the events are read instead)."""
+    rows = db.session.execute(sa.select(RT.c.origin == origin, RT.c.bucket, RT.c.opens, RT.c.clicks)
+                              .where(RT.c.campaign_id == campaign_id, sa.or_(RT.c.opens != 0, RT.c.clicks != 0))
+                              .order_by(RT.c.bucket)).all()
+    if not all(mine for mine, *_ in rows):
+        return None
+    return [(b, opens, clicks) for _, b, opens, clicks in rows if b >= 0]
+
+
+def _timeline(campaign_id: int, origin: datetime | None, start, end, started_at=None) -> list[dict]:
     """[{"at", "unit": "hour"|"day", "opens", "clicks"}]: human events per bucket since the start."""
     if origin is None:
         return []
-    if dialect() == "postgresql":
-        # date_bin: timestamp arithmetic, much cheaper than numeric epochs on hundreds of thousands of rows.
-        at = E.c.occurred_at
-        day_origin = origin + timedelta(hours=HOURLY)
-        bucket = sa.case(
-            (at < day_origin, sa.func.date_bin(sa.text("interval '1 hour'"), at, sa.literal(origin, at.type))),
-            else_=sa.func.date_bin(sa.text("interval '1 day'"), at, sa.literal(day_origin, at.type)))
-        bucket = sa.type_coerce(bucket, at.type).label("b")
-    else:
-        delta = epoch(E.c.occurred_at) - int(origin.timestamp())
-        bucket = sa.case((delta < HOURLY * 3600, sa.func.floor(delta / 3600.0)),
-                         else_=HOURLY + sa.func.floor((delta - HOURLY * 3600) / 86400.0))
-        bucket = sa.cast(bucket, sa.Integer).label("b")
-    rows = db.session.execute(
-        sa.select(bucket, sa.func.count().filter(E.c.kind == "opened"), sa.func.count().filter(E.c.kind == "clicked"))
-        .where(E.c.campaign_id == campaign_id, E.c.kind.in_(("opened", "clicked")), E.c.is_bot.is_(sa.false()),
-               E.c.occurred_at >= origin, *_in_range(E.c.occurred_at, start, end))
-        .group_by(sa.text("b")).order_by(sa.text("b"))).all()
+    rows = _timeline_rolled(campaign_id, origin) if rollups(start, end) and origin == started_at else None
+    if rows is None:
+        rows = _timeline_counted(campaign_id, origin, start, end)
     out = []
     for b, opens, clicks in rows:
         if isinstance(b, datetime):  # PostgreSQL: the bucket's start
@@ -214,7 +239,34 @@ def _timeline(campaign_id: int, origin: datetime | None, start, end) -> list[dic
     return out
 
 
+def _timeline_counted(campaign_id: int, origin: datetime, start, end) -> list:
+    if dialect() == "postgresql":
+        # date_bin: timestamp arithmetic, much cheaper than numeric epochs on hundreds of thousands of rows.
+        at = E.c.occurred_at
+        day_origin = origin + timedelta(hours=HOURLY)
+        bucket = sa.case(
+            (at < day_origin, sa.func.date_bin(sa.text("interval '1 hour'"), at, sa.literal(origin, at.type))),
+            else_=sa.func.date_bin(sa.text("interval '1 day'"), at, sa.literal(day_origin, at.type)))
+        bucket = sa.type_coerce(bucket, at.type).label("b")
+    else:
+        delta = epoch(E.c.occurred_at) - int(origin.timestamp())
+        bucket = sa.case((delta < HOURLY * 3600, sa.func.floor(delta / 3600.0)),
+                         else_=HOURLY + sa.func.floor((delta - HOURLY * 3600) / 86400.0))
+        bucket = sa.cast(bucket, sa.Integer).label("b")
+    return db.session.execute(
+        sa.select(bucket, sa.func.count().filter(E.c.kind == "opened"), sa.func.count().filter(E.c.kind == "clicked"))
+        .where(E.c.campaign_id == campaign_id, E.c.kind.in_(("opened", "clicked")), E.c.is_bot.is_(sa.false()),
+               E.c.occurred_at >= origin, *_in_range(E.c.occurred_at, start, end))
+        .group_by(sa.text("b")).order_by(sa.text("b"))).all()
+
+
 def top_links(campaign_id: int, start=None, end=None, limit: int = TOP_LINKS) -> list[dict]:
+    if rollups(start, end):
+        rows = db.session.execute(
+            sa.select(RL.c.url, RL.c.clicks, RL.c.unique_clicks)
+            .where(RL.c.campaign_id == campaign_id, RL.c.clicks != 0)
+            .order_by(RL.c.unique_clicks.desc(), RL.c.clicks.desc(), RL.c.url).limit(limit)).all()
+        return [{"url": u, "clicks": c, "unique_clicks": n} for u, c, n in rows]
     url = E.c.data["url"].as_string().label("url")
     rows = db.session.execute(
         sa.select(url, sa.func.count().label("clicks"), sa.func.count(sa.distinct(E.c.contact_id)).label("contacts"))

@@ -47,7 +47,8 @@ from envoi import signing
 from envoi.extensions import db
 from envoi.types import utcnow
 
-SALTS = {"open": "envoi.tracking.open.v1", "click": "envoi.tracking.click.v1", "short": "envoi.tracking.short.v1"}
+SALTS = {"open": "envoi.tracking.open.v1", "click": "envoi.tracking.click.v1", "short": "envoi.tracking.short.v1",
+         "sms": "envoi.tracking.sms.v2"}
 BOT_SECONDS = 10          # events this soon after sending are a scanner or a prefetch
 MAX_URL = 2000            # longer links are left as they are
 PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00"
@@ -220,15 +221,106 @@ def _sub_lines_with(pattern: re.Pattern, repl, text: str, marker: str) -> str:
 
 
 def short_code(campaign_id: int | None, contact_id: int | None, url: str) -> str:
-    """10 base62 characters (59 bits) from an HMAC: the same message gives the same code."""
+    """The first form of SMS codes (still followed, and used for a message without a contact):
+    10 base62 characters (59 bits) from an HMAC, looked up in short_links on each hit."""
     key = (current_app.config["SECRET_KEY"] + SALTS["short"]).encode()
     digest = hmac.new(key, f"{campaign_id}:{contact_id}:{url}".encode(), hashlib.sha256).digest()
-    n = int.from_bytes(digest[:8], "big")
-    code = []
-    for _ in range(10):
+    return _b62(int.from_bytes(digest[:8], "big"), 10)
+
+
+# The second form carries what a hit needs, so following it reads nothing: a head character (the lengths
+# of the next two fields), the campaign and contact ids, the link's number within the campaign (sms_links)
+# and a MAC of all that and of the URL itself. Campaign 1,234 to contact 5,678,901 is 15 characters
+# ("E" "Ju" "NpLB" "0" + 7), five more than the first form, told apart by its length (over 10). The URL
+# of a link number is cached per process; the MAC covering it, a stale or foreign cache entry never
+# redirects anywhere.
+SMS_MAC = 7               # base62 characters of the MAC: 41 bits
+SMS_LINKS = 62            # numbered links per campaign (one character); more fall back to the first form
+_MAX_CAMPAIGN, _MAX_CONTACT = 4, 11   # base62 digits (a head character counts 4 x 11 pairs)
+_LINK_URLS: dict = {}
+
+
+def _b62(n: int, width: int = 0) -> str:
+    out = []
+    while n or len(out) < max(width, 1):
         n, r = divmod(n, 62)
-        code.append(_BASE62[r])
-    return "".join(code)
+        out.append(_BASE62[r])
+        if width and len(out) == width:
+            break
+    return "".join(reversed(out)) if not width else "".join(out)
+
+
+def _sms_mac(body: str, url: str) -> str:
+    key = (current_app.config["SECRET_KEY"] + SALTS["sms"]).encode()
+    digest = hmac.new(key, f"{body}\n{url}".encode(), hashlib.sha256).digest()
+    return _b62(int.from_bytes(digest[:8], "big"), SMS_MAC)
+
+
+def sms_code(campaign_id: int, contact_id: int, position: int, url: str) -> str | None:
+    """The self-verifying code of link `position` of a campaign's SMS to one contact (None: ids too large)."""
+    c, k = _b62(int(campaign_id)), _b62(int(contact_id))
+    if len(c) > _MAX_CAMPAIGN or len(k) > _MAX_CONTACT or not 0 <= position < SMS_LINKS:
+        return None
+    body = _BASE62[(len(c) - 1) * _MAX_CONTACT + len(k) - 1] + c + k + _BASE62[position]
+    return body + _sms_mac(body, url)
+
+
+def read_sms_code(code: str) -> tuple[int, int, int] | None:
+    """(campaign_id, contact_id, position) of a code of the second form, its MAC not yet checked."""
+    head = _BASE62.find(code[:1])
+    if not code or head < 0 or head >= _MAX_CAMPAIGN * _MAX_CONTACT:
+        return None
+    lc, lk = head // _MAX_CONTACT + 1, head % _MAX_CONTACT + 1
+    if len(code) != 1 + lc + lk + 1 + SMS_MAC or not code.isascii() or not code.isalnum():
+        return None
+    campaign_id, contact_id = _unb62(code[1:1 + lc]), _unb62(code[1 + lc:1 + lc + lk])
+    if not (_int(campaign_id) and _int(contact_id)):
+        return None
+    return campaign_id, contact_id, _BASE62.index(code[1 + lc + lk])
+
+
+def _unb62(digits: str) -> int:
+    n = 0
+    for ch in digits:
+        n = n * 62 + _BASE62.index(ch)
+    return n
+
+
+def _sms_positions(conn, campaign_id: int, urls: list[str]) -> dict[str, int]:
+    """The numbers of these URLs among the campaign's SMS links, new ones numbered (up to SMS_LINKS).
+    Only URLs written as they are in the campaign's text: one made for a person (from their data)
+    keeps a code of the first form, whose row goes when the person is erased."""
+    from campaigns.models import Campaign
+    from campaigns.tracking_models import SmsLink
+
+    t = SmsLink.__table__
+    template = conn.scalar(sa.select(Campaign.body).where(Campaign.id == campaign_id)) or ""
+    hashes = {hashlib.sha256(u.encode()).hexdigest(): u for u in urls if u in template}
+    if not hashes:
+        return {}
+    known: dict[str, int] = {}
+    for _ in range(3):  # another worker may number the same campaign's links at the same time
+        rows = conn.execute(sa.select(t.c.url_hash, t.c.position).where(
+            t.c.campaign_id == campaign_id, t.c.url_hash.in_(list(hashes)))).all()
+        known = {hashes[h]: p for h, p in rows}
+        missing = [h for h, u in hashes.items() if u not in known]
+        if not missing:
+            break
+        taken = conn.scalar(sa.select(sa.func.count()).where(t.c.campaign_id == campaign_id))
+        new = [{"campaign_id": campaign_id, "position": taken + i, "url_hash": h, "url": hashes[h]}
+               for i, h in enumerate(missing) if taken + i < SMS_LINKS]
+        if not new:
+            break
+        conn.execute(_insert_ignore(t, conn), new)
+    return known
+
+
+def _insert_ignore(table, conn):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert(table).on_conflict_do_nothing()
+    return sa.insert(table).prefix_with("OR IGNORE")
 
 
 def shorten_sms(body: str, campaign_id: int | None, contact_id: int | None) -> str:
@@ -236,30 +328,29 @@ def shorten_sms(body: str, campaign_id: int | None, contact_id: int | None) -> s
     from campaigns.models import ShortLink
 
     base = _base()
+    urls = list(dict.fromkeys(m.group(0) for m in _URL.finditer(body)
+                              if _trackable(m.group(0)) and not _ours(m.group(0), base)))
+    if not urls:
+        return body
     rows: dict[str, dict] = {}
+    # Like the channel's own write: committed before the message leaves, whatever the caller does.
+    with db.engine.begin() as conn:
+        positions = _sms_positions(conn, campaign_id, urls) if campaign_id and contact_id else {}
+        codes = {}
+        for url in urls:
+            code = None
+            if url in positions:
+                code = sms_code(campaign_id, contact_id, positions[url], url)
+            codes[url] = code or short_code(campaign_id, contact_id, url)
+            rows[codes[url]] = {"code": codes[url], "campaign_id": campaign_id, "contact_id": contact_id,
+                                "url": url, "clicks": 0, "created_at": utcnow()}
+        conn.execute(_insert_ignore(ShortLink.__table__, conn), list(rows.values()))
 
     def shorten(match: re.Match) -> str:
         url = match.group(0)
-        if not _trackable(url) or _ours(url, base):
-            return url
-        code = short_code(campaign_id, contact_id, url)
-        rows[code] = {"code": code, "campaign_id": campaign_id, "contact_id": contact_id, "url": url,
-                      "clicks": 0, "created_at": utcnow()}
-        return f"{base}/s/{code}"
+        return f"{base}/s/{codes[url]}" if url in codes else url
 
-    out = _URL.sub(shorten, body)
-    if rows:
-        table = ShortLink.__table__
-        if db.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-
-            stmt = insert(table).on_conflict_do_nothing(index_elements=["code"])
-        else:
-            stmt = sa.insert(table).prefix_with("OR IGNORE")
-        # Like the channel's own write: committed before the message leaves, whatever the caller does.
-        with db.engine.begin() as conn:
-            conn.execute(stmt, list(rows.values()))
-    return out
+    return _URL.sub(shorten, body)
 
 
 # ---------------------------------------------------------------- bots
@@ -366,6 +457,7 @@ def _apply_rows(rows: list, batch: str | None = None) -> bool:
             claimed = conn.execute(claim.values(batch=batch, drained_at=utcnow()).returning(d.c.batch)).first()
             if claimed is None:  # written before (by a drainer that died before dropping its key)
                 return False
+        rows = _sms_clicks_checked(conn, rows)
         events = [_event_row(item) for item in rows]
         ids = sorted({r["contact_id"] for r in events if r["contact_id"] is not None})
         alive = set()
@@ -386,6 +478,31 @@ def _apply_rows(rows: list, batch: str | None = None) -> bool:
                 last_clicked_at=sa.case((sa.or_(s.c.last_clicked_at.is_(None), s.c.last_clicked_at < at), at),
                                         else_=s.c.last_clicked_at)))
     return True
+
+
+def _sms_clicks_checked(conn, rows: list) -> list:
+    """The hits on SMS links whose row still exists (its campaign or contact may be gone), flagged as
+    a machine's when they came within BOT_SECONDS of the sending (as is_bot() does for the others)."""
+    from campaigns.models import ShortLink
+
+    codes = sorted({item[7] for item in rows if item[7]})
+    if not codes:
+        return rows
+    s = ShortLink.__table__
+    sent = {}
+    for chunk in range(0, len(codes), 5000):
+        sent.update((code, at) for code, at in conn.execute(sa.select(s.c.code, s.c.created_at).where(
+            s.c.code.in_(codes[chunk:chunk + 5000]))))
+    out = []
+    for item in rows:
+        code = item[7]
+        if code:
+            if code not in sent:
+                continue
+            if sent[code] is not None and item[4] // 1_000_000 - int(sent[code].timestamp()) < BOT_SECONDS:
+                item = [*item[:5], True, *item[6:]]
+        out.append(item)
+    return out
 
 
 def drain_hits(batch: int = BATCH, max_batches: int | None = None) -> int:
@@ -475,23 +592,16 @@ def record_click(token: str, *, user_agent: str | None = None, ip: str | None = 
 
 def follow_short_link(code: str, *, user_agent: str | None = None, ip: str | None = None,
                       now: datetime | None = None) -> str | None:
-    """Count a click on an SMS short link and return its URL (None: no such code). One lookup by
-    primary key; the count and the event are buffered with the other hits."""
-    from campaigns.models import ShortLink
-
-    if not re.fullmatch(r"[0-9A-Za-z]{4,16}", code or ""):
+    """Count a click on an SMS short link and return its URL (None: no such code, or a forged one).
+    A code of the second form is checked by its MAC and needs no read (its URL cached per process);
+    one of the first form is one lookup by primary key. The count and the event are buffered with
+    the other hits; the drain flags a click within BOT_SECONDS of the sending (short_links.created_at)."""
+    if not re.fullmatch(r"[0-9A-Za-z]{4,24}", code or ""):
         return None
     now = now or utcnow()
-    if "short" not in _STATEMENTS:
-        t = ShortLink.__table__
-        _STATEMENTS["short"] = sa.select(t.c.url, t.c.campaign_id, t.c.contact_id, t.c.created_at).where(
-            t.c.code == sa.bindparam("b_code"))
-    writer = _writer()
-    if writer is None:
-        row = db.session.execute(_STATEMENTS["short"], {"b_code": code}).first()
-    else:
-        with writer.connect() as conn:
-            row = conn.execute(_STATEMENTS["short"], {"b_code": code}).first()
+    if len(code) > 10:
+        return _follow_sms_code(code, user_agent, ip, now)
+    row = _read("short", code)
     if row is None:
         return None
     url, campaign_id, contact_id, created_at = row
@@ -502,6 +612,46 @@ def follow_short_link(code: str, *, user_agent: str | None = None, ip: str | Non
     else:
         _hit(None, campaign_id, "sms", "clicked", now, False, {}, code=code)  # counted, no event
     return url
+
+
+def _follow_sms_code(code: str, user_agent, ip, now: datetime) -> str | None:
+    parsed = read_sms_code(code)
+    if parsed is None:
+        return None
+    campaign_id, contact_id, position = parsed
+    body, mac = code[:-SMS_MAC], code[-SMS_MAC:]
+    key = (current_app.config["SECRET_KEY"], current_app.config["SQLALCHEMY_DATABASE_URI"], campaign_id, position)
+    url = _LINK_URLS.get(key)
+    if url is None or not hmac.compare_digest(mac, _sms_mac(body, url)):
+        row = _read("sms_link", campaign_id, position)
+        url = row[0] if row is not None else None
+        if url is None or not hmac.compare_digest(mac, _sms_mac(body, url)):
+            return None
+        if len(_LINK_URLS) >= 10_000:  # a few links per campaign: this bounds the cache, never fills it
+            _LINK_URLS.clear()
+        _LINK_URLS[key] = url
+    bot = is_bot(user_agent, ip, None, now, "clicked")
+    _hit(contact_id, campaign_id, "sms", "clicked", now, bot, {"url": url, "code": code}, code=code)
+    return url
+
+
+def _read(name: str, *keys):
+    """One row by primary key, for the SMS links: short_links by code, sms_links by (campaign, position)."""
+    from campaigns.models import ShortLink
+    from campaigns.tracking_models import SmsLink
+
+    if name not in _STATEMENTS:
+        t, s = ShortLink.__table__, SmsLink.__table__
+        _STATEMENTS["short"] = sa.select(t.c.url, t.c.campaign_id, t.c.contact_id, t.c.created_at).where(
+            t.c.code == sa.bindparam("k0"))
+        _STATEMENTS["sms_link"] = sa.select(s.c.url).where(s.c.campaign_id == sa.bindparam("k0"),
+                                                           s.c.position == sa.bindparam("k1"))
+    params = {f"k{i}": k for i, k in enumerate(keys)}
+    writer = _writer()
+    if writer is None:
+        return db.session.execute(_STATEMENTS[name], params).first()
+    with writer.connect() as conn:
+        return conn.execute(_STATEMENTS[name], params).first()
 
 
 # ---------------------------------------------------------------- switches

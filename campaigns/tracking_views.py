@@ -76,7 +76,7 @@ def short_link(code: str):
 
 # ---------------------------------------------------------------- the fast path
 
-_PATHS = re.compile(r"/(?:t/(o)/([A-Za-z0-9_\-.]{1,4000})\.gif|t/(c)/([A-Za-z0-9_\-.]{1,4000})|s/([0-9A-Za-z]{4,16}))")
+_PATHS = re.compile(r"/(?:t/(o)/([A-Za-z0-9_\-.]{1,4000})\.gif|t/(c)/([A-Za-z0-9_\-.]{1,4000})|s/([0-9A-Za-z]{4,24}))")
 
 
 class TrackingFastPath:

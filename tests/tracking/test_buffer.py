@@ -13,6 +13,7 @@ from werkzeug.test import EnvironBuilder
 from campaigns import tracking
 from campaigns.models import ShortLink
 from campaigns.reports import campaign_report
+from campaigns.tracking_models import SmsLink
 from campaigns.tracking_views import TrackingFastPath
 from envoi.extensions import db
 from envoi.types import utcnow
@@ -146,6 +147,10 @@ def test_fast_path_answers_exactly_as_the_flask_routes(app, ctx):
     code = tracking.short_code(campaign_id, contact_id, "https://shop.example.com/s?q=é")
     db.session.add(ShortLink(code=code, campaign_id=campaign_id, contact_id=contact_id,
                              url="https://shop.example.com/s?q=é", created_at=before))
+    db.session.add(SmsLink(campaign_id=campaign_id, position=3, url_hash="-", url="https://shop.example.com/n"))
+    signed = tracking.sms_code(campaign_id, contact_id, 3, "https://shop.example.com/n")
+    db.session.add(ShortLink(code=signed, campaign_id=campaign_id, contact_id=contact_id,
+                             url="https://shop.example.com/n", created_at=before))
     db.session.commit()
     fast = app.wsgi_app
     assert isinstance(fast, TrackingFastPath)
@@ -163,15 +168,16 @@ def test_fast_path_answers_exactly_as_the_flask_routes(app, ctx):
 
     paths = [f"/t/o/{tracking.open_token(campaign_id, contact_id, now=before)}.gif",
              f"/t/c/{tracking.click_token(campaign_id, contact_id, 'https://example.com/a?x=é&y=<1>', now=before)}",
-             f"/s/{code}", "/t/o/forged.gif", "/t/c/forged", "/s/ZZZZZZZZZZ", "/t/c/a/b"]
+             f"/s/{code}", f"/s/{signed}", "/t/o/forged.gif", "/t/c/forged", "/s/ZZZZZZZZZZ", f"/s/{signed[:-1]}0",
+             "/t/c/a/b"]
     for path in paths:
         assert call(fast, path) == call(flask_only, path), path
         assert call(fast, path, "HEAD") == call(flask_only, path, "HEAD"), path
     answers = [call(fast, p)["status"] for p in paths]
-    assert answers == ["200 OK", "302 FOUND", "302 FOUND", "200 OK", "404 NOT FOUND", "404 NOT FOUND",
-                       "404 NOT FOUND"]
-    # Each good hit was buffered once per call (fast and Flask alike, GET and HEAD): 3 x 5.
-    assert buffered() == 15
+    assert answers == ["200 OK", "302 FOUND", "302 FOUND", "302 FOUND", "200 OK", "404 NOT FOUND", "404 NOT FOUND",
+                       "404 NOT FOUND", "404 NOT FOUND"]
+    # Each good hit was buffered once per call (fast and Flask alike, GET and HEAD): 4 x 5.
+    assert buffered() == 20
 
 
 def test_without_redis_a_hit_is_written_directly(app, ctx, client):

@@ -217,7 +217,9 @@ def test_sms_links_are_shortened_to_our_domain_and_clicks_counted(app, ctx, clie
     base = app.config["BASE_URL"]
     (short,) = re.findall(re.escape(base) + r"/s/([0-9A-Za-z]+)", message["Body"])
     assert "shop.example.com" not in message["Body"]
-    assert short == tracking.short_code(campaign_id, contact_id, "https://shop.example.com/sms?x=1")
+    # The second form: self-verifying, the campaign's first link (the first form is still followed).
+    assert short == tracking.sms_code(campaign_id, contact_id, 0, "https://shop.example.com/sms?x=1")
+    assert len(short) == 11 and tracking.read_sms_code(short) == (campaign_id, contact_id, 0)
 
     later = {"User-Agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148"}
     db.session.execute(sa.update(ShortLink).values(created_at=utcnow() - timedelta(hours=1)))
@@ -249,3 +251,86 @@ def test_click_of_a_deleted_contact_still_redirects_and_records_nothing(app, ctx
     db.session.commit()
     assert client.get(f"/t/c/{token}").headers["Location"] == "https://example.com/x"
     assert events() == []
+
+
+def sms_campaign_sent(fake_twilio, run_worker, body: str, contacts: int = 1) -> tuple[int, list[int], list[str]]:
+    contact_ids = make_contacts(contacts, channel="sms")
+    campaign_id = make_campaign(channel="sms", body=body)
+    dispatch.launch(campaign_id)
+    run_worker()
+    return campaign_id, contact_ids, [m["Body"] for m in fake_twilio.messages]
+
+
+def test_sms_codes_carry_their_link_and_forged_or_altered_ones_are_404(app, ctx, client, fake_twilio, quiet_off,
+                                                                      run_worker):
+    body = "Soldes https://shop.example.com/a et https://shop.example.com/b !"
+    campaign_id, contact_ids, bodies = sms_campaign_sent(fake_twilio, run_worker, body, contacts=2)
+    base = re.escape(app.config["BASE_URL"])
+    codes = sorted(re.findall(base + r"/s/([0-9A-Za-z]+)", b) for b in bodies)
+    assert all(len(pair) == 2 and all(len(c) == 11 for c in pair) for pair in codes)
+    # Numbered per campaign: both messages share the numbers, each code names its contact.
+    parsed = sorted(tracking.read_sms_code(c) for pair in codes for c in pair)
+    assert parsed == sorted((campaign_id, k, p) for k in contact_ids for p in (0, 1))
+    db.session.execute(sa.update(ShortLink).values(created_at=utcnow() - timedelta(hours=1)))
+    db.session.commit()
+
+    later = {"User-Agent": BROWSER}
+    code = codes[0][0]
+    target = client.get(f"/s/{code}", headers=later)
+    assert target.status_code == 302 and target.headers["Location"] in ("https://shop.example.com/a",
+                                                                        "https://shop.example.com/b")
+    campaign, contact, position = tracking.read_sms_code(code)
+    forged = [
+        code[:-1] + ("A" if code[-1] != "A" else "B"),                                   # the MAC altered
+        tracking.sms_code(campaign, contact, position, "https://evil.example.net/"),      # signed for another URL
+        code[:-8] + tracking._BASE62[1 - position] + code[-7:],                           # another link
+        code[:2] + tracking._BASE62[(tracking._BASE62.index(code[2]) + 1) % 62] + code[3:],  # another contact
+        code[0] + "z" + code[2:],                                                         # another campaign
+        code[:-7] + "0000000", code + "0", code[:-1],
+    ]
+    for bad in forged:
+        assert client.get(f"/s/{bad}", headers=later).status_code == 404, bad
+    # A MAC made with another key is refused too (no redirect to a URL we did not send).
+    app.config["SECRET_KEY"], key = "another-key", app.config["SECRET_KEY"]
+    try:
+        other = tracking.sms_code(campaign, contact, position, "https://evil.example.net/")
+    finally:
+        app.config["SECRET_KEY"] = key
+    assert client.get(f"/s/{other}", headers=later).status_code == 404
+
+    got = [(e.contact_id, e.campaign_id, e.is_bot, e.data) for e in events(kind="clicked")]
+    assert got == [(contact, campaign_id, False, {"url": target.headers["Location"], "code": code})]
+    assert db.session.get(ShortLink, code).clicks == 1
+
+
+def test_sms_clicks_right_after_sending_are_flagged_and_gone_links_not_recorded(app, ctx, client, fake_twilio,
+                                                                                quiet_off, run_worker):
+    campaign_id, (contact_id,), (body,) = sms_campaign_sent(fake_twilio, run_worker, "Vu ? https://shop.example.com/x")
+    (code,) = re.findall(re.escape(app.config["BASE_URL"]) + r"/s/([0-9A-Za-z]+)", body)
+    assert client.get(f"/s/{code}", headers={"User-Agent": BROWSER}).status_code == 302  # a link scanner's
+    assert [e.is_bot for e in events(kind="clicked")] == [True]
+    assert client.get(f"/s/{code}", headers={"User-Agent": BROWSER}).status_code == 302
+    db.session.execute(sa.delete(ShortLink).where(ShortLink.code == code))  # e.g. the campaign is deleted
+    db.session.commit()
+    assert len(events(kind="clicked")) == 1
+
+
+def test_sms_link_length_and_segments(app, ctx):
+    """The code of the second form is one character longer than the first (ten): an SMS of 150 GSM-7
+    characters with one link stays one segment with a code of either form for ids up to 62^3 / 62^4."""
+    from campaigns.sms import sms_info
+
+    url = "https://shop.example.com/soldes"
+    base = app.config["BASE_URL"].rstrip("/")
+    old = f"{base}/s/{tracking.short_code(1234, 5678901, url)}"
+    new = {ids: f"{base}/s/{tracking.sms_code(*ids, 0, url)}"
+           for ids in ((1, 1), (1234, 5678901), (200_000, 900_000_000), (14_000_000, 2**62))}
+    assert len(old) - len(base) == 13
+    assert {ids: len(link) - len(old) for ids, link in new.items()} == {
+        (1, 1): 1, (1234, 5678901): 5, (200_000, 900_000_000): 7, (14_000_000, 2**62): 14}
+    text = "Soldes d'hiver : -20 % sur tout le site jusqu'à dimanche, livraison offerte. "
+    for link in (old, *new.values()):
+        info = sms_info(text + link)
+        assert info["encoding"] == "GSM-7" and info["characters"] == len(text) + len(link)
+    assert sms_info(text + old)["segments"] == sms_info(text + new[(1234, 5678901)])["segments"] == 1
+    assert tracking.sms_code(62**4, 1, 0, url) is None and tracking.sms_code(1, 1, 62, url) is None
