@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_campaign import tree_cpu  # noqa: E402
 from bench.common import (ROOT, free_port, fresh_database, log, machine_lines, postgres_version,  # noqa: E402
                           start_redis, write_section)
 
@@ -176,21 +177,6 @@ def run_wrk(url: str, script: Path, *, threads: int, connections: int, duration:
     result = json.loads(line)
     result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
     return result
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process and its children (gunicorn's workers)."""
-    import psutil
-
-    total = 0.0
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
 
 
 def count_rows(db_url: str) -> dict:
