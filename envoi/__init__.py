@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from flask.sessions import SecureCookieSessionInterface
 
 from envoi.config import ConfigError, load_config
 
@@ -42,6 +43,7 @@ def create_app(overrides: dict | None = None) -> Flask:
             super().__init__(map, min=1, max=MAX_ID)
 
     app.url_map.converters["id"] = IdConverter
+    app.session_interface = _CookieSessions()
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
@@ -80,6 +82,18 @@ def create_app(overrides: dict | None = None) -> Flask:
         return jsonify({"status": "ok"})
 
     return app
+
+
+class _CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, without building a signing serializer for a request that
+    carries no session cookie (most public requests: signups, tracking, the API)."""
+
+    def open_session(self, app, request):
+        if not app.secret_key:
+            return None
+        if not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def _root():

@@ -6,6 +6,7 @@ import hmac
 import json
 import secrets
 import time
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from flask import (Blueprint, Response, current_app, g, jsonify, make_response, redirect, render_template, request,
@@ -38,9 +39,14 @@ def _ip_rate() -> str:
 
 # --------------------------------------------------------------------------- helpers
 
+@lru_cache(maxsize=8)
+def _start_serializer(secret_key: str) -> URLSafeSerializer:
+    return URLSafeSerializer(secret_key, salt=START_SALT)  # built once: its checks run a JSON dump
+
+
 def start_token(form_id: int, issued_at: float | None = None) -> str:
     """The `_token` of a form page: which form, and when it was shown (minimum fill time)."""
-    serializer = URLSafeSerializer(current_app.config["SECRET_KEY"], salt=START_SALT)
+    serializer = _start_serializer(current_app.config["SECRET_KEY"])
     return serializer.dumps([int(form_id), round(time.time() if issued_at is None else issued_at, 3)])
 
 
@@ -49,7 +55,7 @@ def _read_start_token(value, form_id: int) -> float | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        payload = URLSafeSerializer(current_app.config["SECRET_KEY"], salt=START_SALT).loads(value)
+        payload = _start_serializer(current_app.config["SECRET_KEY"]).loads(value)
     except BadSignature:
         return None
     if not (isinstance(payload, list) and len(payload) == 2 and payload[0] == form_id
@@ -69,13 +75,15 @@ def _csrf_ok(value) -> bool:
     return bool(expected) and isinstance(value, str) and hmac.compare_digest(expected, value)
 
 
+@lru_cache(maxsize=64)
 def _origin_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def _own_origins() -> set[str]:
-    return {_origin_of(current_app.config["BASE_URL"]), _origin_of(request.host_url)}
+def _is_own_origin(origin: str) -> bool:
+    """The public URL's origin (ENVOI_BASE_URL) or the one this request was sent to."""
+    return origin == _origin_of(current_app.config["BASE_URL"]) or origin == f"{request.scheme}://{request.host}".lower()
 
 
 def _wants_json() -> bool:
@@ -175,9 +183,11 @@ def _cross_origin_check(form: Form) -> tuple[bool, str | None]:
     """(allowed, cors origin). A browser names the page's origin on cross-origin requests; only
     the form's allowed origins may use it from their pages."""
     origin = request.headers.get("Origin")
-    if origin is None or origin.lower() in _own_origins():
+    if origin is None:
         return True, None
     origin = origin.lower()
+    if _is_own_origin(origin):
+        return True, None
     if origin in (form.allowed_origins or []):
         return True, origin
     return False, None
