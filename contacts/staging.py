@@ -110,7 +110,7 @@ WITH m AS (
 ), k AS (
     SELECT m.*, count(*) OVER (PARTITION BY m.cid) AS sharing FROM m
 )
-SELECT s.*, k.cid,
+SELECT k.n, k.cid,
        CASE WHEN %(python)s OR k.blocked OR k.dup OR k.e_id <> k.p_id THEN 'C'
             WHEN k.cid IS NULL THEN 'A'
             WHEN k.sharing > 1 THEN 'C'
@@ -127,7 +127,11 @@ LEFT JOIN LATERAL (SELECT * FROM contacts WHERE id = k.cid LIMIT 1) c ON true
 ORDER BY s.n
 """
 
-_NEW_IDS = "UPDATE import_rows SET cid = nextval(pg_get_serial_sequence('contacts', 'id')) WHERE kind = 'A'"
+_NEW_IDS = """
+CREATE TEMPORARY TABLE import_new ON COMMIT DROP AS
+SELECT nextval(pg_get_serial_sequence('contacts', 'id')) AS cid, s.*
+FROM import_staging s JOIN import_rows k ON k.n = s.n WHERE k.kind = 'A' ORDER BY s.n
+"""
 
 _PLAIN = ("email", "phone", *(f for f in PERSONAL_FIELDS if f != "lifecycle"))
 _INSERT_CONTACTS = f"""
@@ -137,7 +141,7 @@ SELECT cid, {', '.join(_PLAIN)}, coalesce(lifecycle, 'prospect'), coalesce(tags,
        coalesce(email_status, 'none'), coalesce(sms_status, 'none'),
        CASE WHEN email_status IS NOT NULL THEN %(now)s::timestamptz END,
        CASE WHEN sms_status IS NOT NULL THEN %(now)s::timestamptz END, %(now)s, %(now)s
-FROM import_rows WHERE kind = 'A' ORDER BY n
+FROM import_new ORDER BY n
 """
 
 # The events the row-by-row merge records for a new contact, in its order: email status, SMS status,
@@ -146,7 +150,7 @@ _STATUS_EVENT = """
 SELECT n, {order} AS ord, cid, '{channel}' AS channel, NULL::bigint AS topic_id,
        CASE {channel}_status WHEN 'confirmed' THEN 'granted' ELSE 'withdrawn' END AS kind,
        consent_source, consent_text, consent_at, %(author_data)s::jsonb AS data
-FROM import_rows WHERE kind = 'A' AND {channel}_status IN ('confirmed', 'unsubscribed')
+FROM import_new WHERE {channel}_status IN ('confirmed', 'unsubscribed')
 """
 _INSERT_EVENTS = f"""
 INSERT INTO consent_events (contact_id, channel, topic_id, kind, method, source, text, consented_at, recorded_at,
@@ -157,12 +161,12 @@ FROM ({_STATUS_EVENT.format(order=0, channel='email')}
       UNION ALL {_STATUS_EVENT.format(order=1, channel='sms')}
       UNION ALL
       SELECT n, 1 + t.ord, cid, 'email', t.id, 'granted', consent_source, consent_text, consent_at, '{{}}'::jsonb
-      FROM import_rows CROSS JOIN LATERAL unnest(topic_ids) WITH ORDINALITY t(id, ord) WHERE kind = 'A') e
+      FROM import_new CROSS JOIN LATERAL unnest(topic_ids) WITH ORDINALITY t(id, ord)) e
 ORDER BY n, ord
 """
 _INSERT_LINKS = """
 INSERT INTO contact_topics (contact_id, topic_id, subscribed, updated_at)
-SELECT cid, t.id, true, %(now)s FROM import_rows CROSS JOIN LATERAL unnest(topic_ids) t(id) WHERE kind = 'A'
+SELECT cid, t.id, true, %(now)s FROM import_new CROSS JOIN LATERAL unnest(topic_ids) t(id)
 """
 _KINDS = "SELECT kind, count(*), CASE WHEN kind = 'C' THEN array_agg(n ORDER BY n) END FROM import_rows GROUP BY kind"
 
@@ -173,6 +177,10 @@ def merge_staged(cur, text: str, *, now, method: str, author_id: int | None, pyt
     `cur` is a psycopg cursor inside the chunk's transaction. Returns (created, unchanged, the
     indexes of the rows left to the row-by-row merge). `python` sends every row there (an erasure
     happened after the import started, so the lines carry no hashes to check)."""
+    # The chunk's commit need not wait for its WAL to reach the disk: a database crash can lose only the
+    # last chunks, which importing the file again (idempotent) writes back. An import job's progress
+    # commit, synchronous, flushes them anyway.
+    cur.execute("SET LOCAL synchronous_commit = off")
     cur.execute(_staging_ddl())
     with cur.copy(f"COPY import_staging ({', '.join(STAGE_COLUMNS)}) FROM STDIN (NULL '')") as copy:
         copy.write(text)
