@@ -19,6 +19,11 @@ Rules (the same as the API's upsert, applied to many rows at once):
 - consent events are recorded as the API records them, with method "import".
 
 Re-importing a file changes nothing: every row is unchanged, no event is written.
+
+On PostgreSQL the validation process hands back COPY text instead of dicts, and new and unchanged
+rows are merged set-based through a staging table (contacts/staging.py); the other rows of the
+chunk go through the row-by-row merge below, in the same transaction. SQLite uses the row-by-row
+merge for every row.
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from functools import lru_cache
 from hashlib import sha256
 
 import sqlalchemy as sa
@@ -77,6 +78,7 @@ _BIRTH = 1 + _VALUE_COLUMNS.index("birth_date")
 _HEADCOUNT = 1 + _VALUE_COLUMNS.index("headcount")
 
 
+@lru_cache(maxsize=1)
 def _staging_ddl() -> str:
     dialect = postgresql.dialect()
     table = Contact.__table__

@@ -337,3 +337,16 @@ def test_new_rows_get_their_topics_and_events_in_row_order(app, ctx, tmp_path):
     links = set(db.session.execute(sa.select(ContactTopic.contact_id, ContactTopic.topic_id)).all())
     assert links == {(t1.id, news.id), (t1.id, offers.id), (t2.id, news.id)}
     assert import_csv(path, topic="news").unchanged == 2 and len(events()) == 4
+
+
+def test_an_address_erased_while_the_import_runs_is_blocked_in_later_chunks(app, ctx, tmp_path):
+    late, _ = services.upsert_contact({"email": "late@example.fr"})
+    path = write(tmp_path / "l.csv", "email,city\nfirst@example.fr,Lyon\nlate@example.fr,Nice\n")
+
+    def erase_after_first_chunk(_position, result):
+        if result.rows == 1:
+            services.erase_contact(late.id)
+
+    result = import_csv(path, chunk_rows=1, progress=erase_after_first_chunk)
+    assert (result.created, result.updated, result.rejected) == (1, 0, 1)
+    assert rejects(result.rejects_path)[0]["reason"].startswith("email: erased")
