@@ -19,6 +19,11 @@ Rules (the same as the API's upsert, applied to many rows at once):
 - consent events are recorded as the API records them, with method "import".
 
 Re-importing a file changes nothing: every row is unchanged, no event is written.
+
+On PostgreSQL the validation process hands back COPY text instead of dicts, and new and unchanged
+rows are merged set-based through a staging table (contacts/staging.py); the other rows of the
+chunk go through the row-by-row merge below, in the same transaction. SQLite uses the row-by-row
+merge for every row.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from contacts.errors import ValidationError
 from contacts.models import PERSONAL_FIELDS, ConsentEvent, Contact, ContactTopic, ImportJob, Suppression, Topic
 from contacts.services import attribute_types, consent_predates_opt_out, suppressed_values
+from contacts.staging import any_suppressed, copy_line, merge_staged
 from contacts.validation import clean_contact
 from envoi.errors import EnvoiError
 from envoi.extensions import db
@@ -160,8 +166,8 @@ def read_layout(path: str, *, mapping: dict | None = None, delimiter: str | None
 _WORKER: dict = {}
 
 
-def _init_worker(keys, attr_types, region):
-    _WORKER.update(keys=keys, attr_types=attr_types, region=region)
+def _init_worker(keys, attr_types, region, stage=None):
+    _WORKER.update(keys=keys, attr_types=attr_types, region=region, stage=stage)
     _fewer_collections()  # for the pool process's life
 
 
@@ -242,6 +248,40 @@ def validate_rows(rows: list[list[str]], keys=None, attr_types=None, region=None
     return out
 
 
+def stage_rows(rows: list[list[str]], keys=None, attr_types=None, region=None, stage=None) -> tuple[str, list]:
+    """validate_rows for the staging table: (COPY text of the valid rows, [(index, reason)] of the others).
+
+    `stage` is (topic slug -> id, the --topic id, the secret key to hash addresses with or None).
+    A line carries its row's index in the chunk; the text is one string, cheap to send back."""
+    stage = stage if stage is not None else _WORKER["stage"]
+    topics, topic_id, secret = stage
+    lines, reasons = [], []
+    for i, clean in enumerate(validate_rows(rows, keys, attr_types, region)):
+        if isinstance(clean, str):
+            reasons.append((i, clean))
+            continue
+        try:
+            topic_ids = topic_ids_of(clean.get("topics"), topics, topic_id)
+        except ValidationError as err:
+            reasons.append((i, "; ".join(f"{k}: {v}" for k, v in err.fields.items())))
+            continue
+        lines.append(copy_line(i, clean, topic_ids, secret))
+    return "".join(lines), reasons
+
+
+def topic_ids_of(slugs, topics: dict[str, int], topic_id: int | None) -> list[int]:
+    """The topics a row subscribes to: its `topics` cell, then --topic; an unknown slug is a ValidationError."""
+    if not slugs:
+        return [] if topic_id is None else [topic_id]
+    unknown = [s for s in slugs if s not in topics]
+    if unknown:
+        raise ValidationError("unknown topic", {"topics": f"unknown topic(s): {', '.join(unknown)}"})
+    ids = [topics[s] for s in slugs]
+    if topic_id is not None and topic_id not in ids:
+        ids.append(topic_id)
+    return ids
+
+
 # --- the import -------------------------------------------------------------------------------
 
 def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = None, delimiter: str | None = None,
@@ -264,8 +304,14 @@ def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = No
         # One validation process keeps up with the writer since the fast paths; a second one only
         # competes with PostgreSQL for the cores and costs ~100 MB.
         workers = 1 if os.path.getsize(path) >= POOL_MIN_BYTES and (os.cpu_count() or 1) > 1 else 0
-    writer = _ChunkWriter(method=method, author_id=author_id, topic_id=topic_id,
-                          topics=dict(db.session.execute(sa.select(Topic.slug, Topic.id)).all()))
+    topics = dict(db.session.execute(sa.select(Topic.slug, Topic.id)).all())
+    writer = _ChunkWriter(method=method, author_id=author_id, topic_id=topic_id, topics=topics)
+    stage = None
+    if _dialect() == "postgresql":
+        # Addresses are hashed for the erasure check only when someone was ever erased.
+        secret = current_app.config["SECRET_KEY"] if any_suppressed(db.session) else None
+        stage = (topics, topic_id, secret)
+        writer = _StagedWriter(writer, layout.keys, attr_types, region, hashed=secret is not None)
     result = ImportResult()
     rejects = _Rejects(rejects_path or _default_rejects_path(path), layout.header, layout.delimiter)
     db.session.commit()  # end the read transaction; each chunk commits its own
@@ -294,7 +340,7 @@ def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = No
                 yield chunk
 
         with _quiet_gc():
-            for rows, cleaned in _validated(chunks(), layout.keys, attr_types, region, workers):
+            for rows, cleaned in _validated(chunks(), layout.keys, attr_types, region, workers, stage):
                 counts = writer.write(rows, cleaned, rejects)
                 result.rows += len(rows)
                 for key, value in counts.items():
@@ -313,20 +359,23 @@ def _default_rejects_path(path: str) -> str:
     return base + ".rejects.csv"
 
 
-def _validated(chunks, keys, attr_types, region, workers):
-    """Yield (rows, cleaned) per chunk, in order; a pool validates a few chunks ahead, bounded."""
+def _validated(chunks, keys, attr_types, region, workers, stage=None):
+    """Yield (rows, cleaned) per chunk, in order; a pool validates a few chunks ahead, bounded.
+    With `stage` (PostgreSQL), `cleaned` is stage_rows' (COPY text, reasons) instead of the dicts."""
     if not workers:
         for rows in chunks:
-            yield rows, validate_rows(rows, keys, attr_types, region)
+            yield rows, (validate_rows(rows, keys, attr_types, region) if stage is None
+                         else stage_rows(rows, keys, attr_types, region, stage))
         return
     import multiprocessing
 
     # spawn: the parent may hold threads (Dramatiq) and database connections; forking them is unsafe.
-    pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (keys, attr_types, region))
+    pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (keys, attr_types, region, stage))
+    func = validate_rows if stage is None else stage_rows
     try:
         pending: deque = deque()
         for rows in chunks:
-            pending.append((rows, pool.apply_async(validate_rows, (rows,))))
+            pending.append((rows, pool.apply_async(func, (rows,))))
             if len(pending) > workers + 1:
                 rows0, res = pending.popleft()
                 yield rows0, res.get()
@@ -393,6 +442,16 @@ class _ChunkWriter:
     # -- one attempt ---------------------------------------------------------------------------
 
     def _write(self, rows, cleaned, rejects: _Rejects) -> dict:
+        found: list = []
+        counts = self.apply(rows, cleaned, found)
+        db.session.commit()
+        for cells, reason in found:
+            rejects.add(cells, reason)
+        return counts
+
+    def apply(self, rows, cleaned, found: list) -> dict:
+        """Merge a validated chunk row by row, in the current transaction (not committed);
+        appends (cells, reason) of the rejected rows to `found`, in order."""
         now = utcnow()
         emails = {c["email"] for c in cleaned if isinstance(c, dict) and c.get("email")}
         phones = {c["phone"] for c in cleaned if isinstance(c, dict) and c.get("phone")}
@@ -455,23 +514,12 @@ class _ChunkWriter:
         dirty = [s for s in existing if s.get("_dirty")]
         if dirty or new or events or links:
             self._flush(dirty, new, events, links, now)
-        db.session.commit()
-        for cells, reason in chunk_rejects:
-            rejects.add(cells, reason)
+        found.extend(chunk_rejects)
         counts["rejected"] = len(chunk_rejects)
         return counts
 
     def _topic_ids(self, clean) -> list[int]:
-        slugs = clean.get("topics")
-        if not slugs:
-            return [] if self.topic_id is None else [self.topic_id]
-        unknown = [s for s in slugs if s not in self.topics]
-        if unknown:
-            raise ValidationError("unknown topic", {"topics": f"unknown topic(s): {', '.join(unknown)}"})
-        ids = [self.topics[s] for s in slugs]
-        if self.topic_id is not None and self.topic_id not in ids:
-            ids.append(self.topic_id)
-        return ids
+        return topic_ids_of(clean.get("topics"), self.topics, self.topic_id)
 
     def _apply(self, state, clean, topic_ids, created, now, events, links) -> tuple[bool, int]:
         changed = created
@@ -679,6 +727,53 @@ def _blank_state() -> dict:
 
 def _dialect() -> str:
     return db.session.get_bind().dialect.name
+
+
+class _StagedWriter:
+    """PostgreSQL: new and unchanged rows merged set-based (contacts/staging.py), the others by the
+    row-by-row merge of `_ChunkWriter`, all in the chunk's one transaction."""
+
+    def __init__(self, rows_writer: _ChunkWriter, keys, attr_types, region, *, hashed: bool):
+        self.rows_writer, self.keys, self.attr_types, self.region = rows_writer, keys, attr_types, region
+        self.hashed = hashed
+
+    def write(self, rows: list[list[str]], staged: tuple[str, list], rejects: _Rejects) -> dict:
+        for attempt in range(3):
+            try:
+                return self._write(rows, staged, rejects)
+            except CONFLICTS:
+                # A concurrent writer inserted one of these addresses: classify again.
+                db.session.rollback()
+                log.info("import chunk conflicted with a concurrent writer; retrying (%d)", attempt + 1)
+        # Still conflicting: the row-by-row merge, which ends row by row naming the loser.
+        return self.rows_writer.write(rows, validate_rows(rows, self.keys, self.attr_types, self.region), rejects)
+
+    def _write(self, rows, staged, rejects: _Rejects) -> dict:
+        text, reasons = staged
+        now = utcnow()
+        # Erased after the lines were hashed (or not hashed: nobody was erased when the import began).
+        python = not self.hashed and any_suppressed(db.session)
+        raw = db.session.connection().connection.driver_connection
+        with raw.cursor() as cur:
+            created, unchanged, left = merge_staged(cur, text, now=now, method=self.rows_writer.method,
+                                                    author_id=self.rows_writer.author_id, python=python)
+        counts = {"created": created, "updated": 0, "unchanged": unchanged, "rejected": 0, "stale_consents": 0}
+        found: list = []
+        if left:
+            subset = [rows[n] for n in left]
+            # Validated again here: only these rows need the dicts, and they are few in most files.
+            more = self.rows_writer.apply(subset, validate_rows(subset, self.keys, self.attr_types, self.region),
+                                          found)
+            for key, value in more.items():
+                counts[key] += value
+        db.session.commit()
+        order = {id(cells): n for n, cells in enumerate(rows)}
+        every = [(n, rows[n], reason) for n, reason in reasons]
+        every += [(order[id(cells)], cells, reason) for cells, reason in found]
+        for _, cells, reason in sorted(every, key=lambda r: r[0]):
+            rejects.add(cells, reason)
+        counts["rejected"] = len(every)
+        return counts
 
 
 # --- jobs (API uploads run by a worker) -------------------------------------------------------
