@@ -660,7 +660,7 @@ WHERE d.id = v.id AND d.lease_until = v.lease
 def _record(campaign_id: int, channel: str | None, results: list[dict], events: list[dict],
             contact_status: dict) -> None:
     """One executemany UPDATE for the batch's rows, bulk events and contact statuses, one commit."""
-    from segments.models import MessageEvent
+    from segments.models import insert_events
 
     now = utcnow()
     if results and db.session.get_bind().dialect.name == "postgresql":
@@ -677,7 +677,7 @@ def _record(campaign_id: int, channel: str | None, results: list[dict], events: 
                         next_attempt_at=sa.bindparam("next_attempt_at"), lease_until=None, updated_at=now))
         db.session.execute(stmt, results)
     if events:
-        db.session.execute(sa.insert(MessageEvent.__table__), [
+        insert_events(db.session.connection(), [
             {"contact_id": e["contact_id"], "campaign_id": campaign_id, "channel": channel, "kind": e["kind"],
              "occurred_at": now, "is_bot": False, "data": {}} for e in events])
     for (chan, status), ids in contact_status.items():
@@ -821,7 +821,7 @@ def _reclaim(campaign_id: int, now: datetime) -> int:
         db.session.execute(sa.update(D).where(D.c.id.in_(untouched), expired_now)
                            .values(status="queued", lease_until=None, attempts=D.c.attempts - 1, updated_at=now))
     if sent:
-        from segments.models import MessageEvent
+        from segments.models import insert_events
 
         values = []
         for row, mark in sent:
@@ -831,7 +831,7 @@ def _reclaim(campaign_id: int, now: datetime) -> int:
         db.session.execute(sa.update(D).where(D.c.id == sa.bindparam("b_id"), expired_now)
                            .values(status="sent", lease_until=None, sent_at=sa.bindparam("b_sent_at", type_=D.c.sent_at.type),
                                    provider_id=sa.bindparam("b_provider"), error=None, updated_at=now), values)
-        db.session.execute(sa.insert(MessageEvent.__table__), [
+        insert_events(db.session.connection(), [
             {"contact_id": row.contact_id, "campaign_id": campaign_id, "channel": row.channel, "kind": "sent",
              "occurred_at": v["b_sent_at"], "is_bot": False, "data": {}} for (row, _), v in zip(sent, values)])
     return len(expired)

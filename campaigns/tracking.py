@@ -442,9 +442,9 @@ def _apply_rows(rows: list, batch: str | None = None) -> bool:
     links' click counts, and (`batch`) the batch's name. False if that batch was already written."""
     from campaigns.models import ShortLink
     from contacts.models import Contact
-    from segments.models import MessageEvent
+    from segments.models import insert_events
 
-    e, s = MessageEvent.__table__, ShortLink.__table__
+    s = ShortLink.__table__
     with db.engine.begin() as conn:
         if batch is not None:
             d = TrackingDrain.__table__
@@ -464,8 +464,7 @@ def _apply_rows(rows: list, batch: str | None = None) -> bool:
         for chunk in range(0, len(ids), 5000):
             alive.update(conn.scalars(sa.select(Contact.id).where(Contact.id.in_(ids[chunk:chunk + 5000]))))
         events = [r for r in events if r["contact_id"] in alive]
-        if events:
-            conn.execute(sa.insert(e), events)
+        insert_events(conn, events)
         clicks: dict[str, list] = {}
         for item in rows:
             if item[7]:
