@@ -78,6 +78,8 @@ def unsign(secret: str, purpose: str, token: str) -> bytes:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         raise BadToken("bad encoding") from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+        raise BadToken("bad encoding")  # one spelling per token: the last character's spare bits are zero
     if len(raw) <= len(VERSION) + MAC_SIZE or not raw.startswith(VERSION):
         raise BadToken("bad version")
     body, mac = raw[:-MAC_SIZE], raw[-MAC_SIZE:]
