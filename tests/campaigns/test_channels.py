@@ -9,6 +9,7 @@ from envoi.extensions import db
 
 
 def test_smtp_delivers_multipart_and_keeps_its_connection(ctx, smtp_server):
+    connections = smtp_server.connections  # the server counts since the session began
     for n in range(3):
         send_email(compose(f"p{n}@example.org", "Bonjour é", "texte é", "<p>html é</p>"))
     messages = smtp_server.wait_for(3)
@@ -18,7 +19,8 @@ def test_smtp_delivers_multipart_and_keeps_its_connection(ctx, smtp_server):
     assert msg.get_body(("plain",)).get_content().strip() == "texte é"
     assert msg.get_body(("html",)).get_content().strip() == "<p>html é</p>"
     assert b"\r\n" in messages[0]["raw"] and b"\n\n" not in messages[0]["raw"].replace(b"\r\n", b"")
-    assert smtp_server.connections == 1  # one persistent connection for the three messages
+    # one persistent connection for the three messages (or the one an earlier test left open, reused)
+    assert smtp_server.connections - connections <= 1
     assert len({m["message"]["Message-ID"] for m in messages}) == 3
 
 
