@@ -223,9 +223,7 @@ def _sub_lines_with(pattern: re.Pattern, repl, text: str, marker: str) -> str:
 def short_code(campaign_id: int | None, contact_id: int | None, url: str) -> str:
     """The first form of SMS codes (still followed, and used for a message without a contact):
     10 base62 characters (59 bits) from an HMAC, looked up in short_links on each hit."""
-    key = (current_app.config["SECRET_KEY"] + SALTS["short"]).encode()
-    digest = hmac.new(key, f"{campaign_id}:{contact_id}:{url}".encode(), hashlib.sha256).digest()
-    return _b62(int.from_bytes(digest[:8], "big"), 10)
+    return _b62_mac("short", f"{campaign_id}:{contact_id}:{url}", 10)
 
 
 # The second form carries what a hit needs, so following it reads nothing: a head character (the lengths
@@ -250,10 +248,15 @@ def _b62(n: int, width: int = 0) -> str:
     return "".join(reversed(out)) if not width else "".join(out)
 
 
+def _b62_mac(salt: str, message: str, width: int) -> str:
+    """`width` base62 characters of an HMAC-SHA256 of `message` (the SMS codes, both forms)."""
+    key = (current_app.config["SECRET_KEY"] + SALTS[salt]).encode()
+    digest = hmac.new(key, message.encode(), hashlib.sha256).digest()
+    return _b62(int.from_bytes(digest[:8], "big"), width)
+
+
 def _sms_mac(body: str, url: str) -> str:
-    key = (current_app.config["SECRET_KEY"] + SALTS["sms"]).encode()
-    digest = hmac.new(key, f"{body}\n{url}".encode(), hashlib.sha256).digest()
-    return _b62(int.from_bytes(digest[:8], "big"), SMS_MAC)
+    return _b62_mac("sms", f"{body}\n{url}", SMS_MAC)
 
 
 def sms_code(campaign_id: int, contact_id: int, position: int, url: str) -> str | None:

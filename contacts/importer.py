@@ -410,6 +410,18 @@ class _Rejects:
             self._fh.close()
 
 
+def _retry_conflicts(write):
+    """`write()`, again up to three times if a concurrent writer made it conflict (rolled back each
+    time); None if it still conflicts."""
+    for attempt in range(3):
+        try:
+            return write()
+        except CONFLICTS:
+            db.session.rollback()
+            log.info("import chunk conflicted with a concurrent writer; retrying (%d)", attempt + 1)
+    return None
+
+
 class _ChunkWriter:
     """Applies a validated chunk to the database in a few bulk statements and one commit."""
 
@@ -418,14 +430,11 @@ class _ChunkWriter:
         self.table = Contact.__table__
 
     def write(self, rows: list[list[str]], cleaned: list, rejects: _Rejects) -> dict:
-        for attempt in range(3):
-            try:
-                return self._write(rows, cleaned, rejects)
-            except CONFLICTS:
-                # Another writer inserted one of these addresses between our lookup and our insert:
-                # look again, the rows now update that contact.
-                db.session.rollback()
-                log.info("import chunk conflicted with a concurrent writer; retrying (%d)", attempt + 1)
+        # Another writer may insert one of these addresses between our lookup and our insert: look
+        # again, the rows then update that contact.
+        done = _retry_conflicts(lambda: self._write(rows, cleaned, rejects))
+        if done is not None:
+            return done
         # Still conflicting (two existing contacts swapping addresses ...): row by row, naming the loser.
         totals: dict = {}
         for i in range(len(rows)):
@@ -738,13 +747,9 @@ class _StagedWriter:
         self.hashed = hashed
 
     def write(self, rows: list[list[str]], staged: tuple[str, list], rejects: _Rejects) -> dict:
-        for attempt in range(3):
-            try:
-                return self._write(rows, staged, rejects)
-            except CONFLICTS:
-                # A concurrent writer inserted one of these addresses: classify again.
-                db.session.rollback()
-                log.info("import chunk conflicted with a concurrent writer; retrying (%d)", attempt + 1)
+        done = _retry_conflicts(lambda: self._write(rows, staged, rejects))  # a concurrent insert: classify again
+        if done is not None:
+            return done
         # Still conflicting: the row-by-row merge, which ends row by row naming the loser.
         return self.rows_writer.write(rows, validate_rows(rows, self.keys, self.attr_types, self.region), rejects)
 
