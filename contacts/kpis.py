@@ -86,12 +86,51 @@ def _score(b: rfm.Boundaries, dim: str):
                    else_=sa.case((at_least(2), 2), else_=1))
 
 
-def rfm_grid(b: rfm.Boundaries | None = None) -> dict:
-    """Customers and revenue per RFM score triple and per group (groups of segments/rfm.py)."""
-    b = b or rfm.boundaries()
+def _grid_select(b: rfm.Boundaries):
     r, f, m = (_score(b, d).label(d[0]) for d in rfm.DIMENSIONS)
-    rows = db.session.execute(sa.select(r, f, m, sa.func.count(), sa.func.sum(Contact.purchase_total))
+    return r, f, m
+
+
+def _grid_rows(b: rfm.Boundaries) -> list[tuple]:
+    r, f, m = _grid_select(b)
+    return db.session.execute(sa.select(r, f, m, sa.func.count(), sa.func.sum(Contact.purchase_total))
                               .where(rfm.customer()).group_by(sa.text("r"), sa.text("f"), sa.text("m"))).all()
+
+
+def _bucket_rows() -> list[tuple]:
+    """(bucket, customers, revenue) per one-unit bucket of lifetime revenue, the highest first."""
+    bucket = _bucket().label("b")
+    return db.session.execute(sa.select(bucket, sa.func.count(), sa.func.sum(Contact.purchase_total))
+                              .where(rfm.customer()).group_by(sa.text("b")).order_by(sa.text("b DESC"))).all()
+
+
+def _one_pass(b: rfm.Boundaries) -> tuple[list[tuple], list[tuple]]:
+    """The RFM grid's rows and the Pareto buckets, from one pass over the customers where the database
+    can do it (PostgreSQL: GROUPING SETS, two hash tables filled by one index-only scan); else two."""
+    if dialect() != "postgresql":
+        return _grid_rows(b), _bucket_rows()
+    r, f, m = _grid_select(b)
+    bucket = _bucket().label("b")
+    # Both sets hashed: the planner cannot count the groups of these expressions (a few hundred at
+    # most) and would sort 700,000 rows for one set unless the hash tables may be this large.
+    db.session.execute(sa.text("SET LOCAL work_mem = '256MB'"))
+    rows = db.session.execute(
+        sa.select(r, f, m, bucket, sa.func.grouping(bucket).label("grid_row"), sa.func.count(),
+                  sa.func.sum(Contact.purchase_total))
+        .where(rfm.customer())
+        .group_by(sa.func.grouping_sets(sa.tuple_(sa.text("r"), sa.text("f"), sa.text("m")),
+                                        sa.tuple_(sa.text("b"))))).all()
+    # GROUPING(b) is 1 on the rows of the (r, f, m) set, where b is not a grouping column.
+    grid = [(rs, fs, ms, n, t) for rs, fs, ms, _, grid_row, n, t in rows if grid_row]
+    buckets = sorted(((bk, n, t) for _, _, _, bk, grid_row, n, t in rows if not grid_row), key=lambda x: -x[0])
+    return grid, buckets
+
+
+def rfm_grid(b: rfm.Boundaries | None = None, rows: list[tuple] | None = None) -> dict:
+    """Customers and revenue per RFM score triple and per group (groups of segments/rfm.py).
+    `rows`: (r, f, m, customers, revenue) already counted (_one_pass)."""
+    b = b or rfm.boundaries()
+    rows = _grid_rows(b) if rows is None else rows
     cells, groups = [], {name: {"customers": 0, "revenue": Decimal(0)} for name in rfm.GROUPS}
     for rs, fs, ms, n, total in rows:
         group = rfm.group_of(int(rs), int(fs), int(ms))
@@ -105,17 +144,15 @@ def rfm_grid(b: rfm.Boundaries | None = None) -> dict:
                        for g, v in groups.items()]}
 
 
-def pareto() -> dict:
+def pareto(buckets: list[tuple] | None = None) -> dict:
     """ABC classes over the customers ranked by lifetime revenue: A up to 80 %, B to 95 %, C the rest.
     A customer is in the class where its revenue starts (the one who crosses 80 % is in A).
 
     No running sum over every customer: their count and revenue per one-unit bucket of revenue
     (purchase_total cast to an integer) in one aggregate, the buckets walked from the top to find the (at most
-    two) where 80 % and 95 % are crossed, and only the customers of those ranked one by one."""
-    total_col = Contact.purchase_total
-    bucket = _bucket().label("b")
-    buckets = db.session.execute(sa.select(bucket, sa.func.count(), sa.func.sum(total_col)).where(rfm.customer())
-                                 .group_by(sa.text("b")).order_by(sa.text("b DESC"))).all()
+    two) where 80 % and 95 % are crossed, and only the customers of those ranked one by one.
+    `buckets`: (bucket, customers, revenue), the highest first, already counted (_one_pass)."""
+    buckets = _bucket_rows() if buckets is None else buckets
     customers = sum(n for _, n, _ in buckets)
     revenue = sum((Decimal(t) for _, _, t in buckets), Decimal(0))
     a_until, b_until = revenue * Decimal("0.80"), revenue * Decimal("0.95")
@@ -187,8 +224,10 @@ def small_with_potential(limit: int = 20, b: rfm.Boundaries | None = None, grid:
 def portfolio_report() -> dict:
     tune_for_report()
     b = rfm.boundaries()  # read once: the grid and the potential rule share the quintile edges
-    grid = rfm_grid(b)
-    return {"rfm": grid, "pareto": pareto(), "small_with_potential": small_with_potential(b=b, grid=grid)}
+    b.read_all()
+    cells, buckets = _one_pass(b)
+    grid = rfm_grid(b, cells)
+    return {"rfm": grid, "pareto": pareto(buckets), "small_with_potential": small_with_potential(b=b, grid=grid)}
 
 
 # ---------------------------------------------------------------- audience

@@ -87,6 +87,10 @@ def test_rfm_grid_pareto_and_small_customers_with_potential(app, ctx):
     members = set(db.session.scalars(segment_query(potential["rule"]).with_only_columns(Contact.id)))
     assert members == {ids[4], ids[5]}
 
+    # The whole report (on PostgreSQL the grid and the Pareto buckets in one pass) says the same.
+    report = kpis.portfolio_report()
+    assert report == {"rfm": grid, "pareto": pareto, "small_with_potential": potential}
+
 
 def test_pareto_counts_the_customer_who_crosses_80_percent_in_class_a(app, ctx):
     for i, total in enumerate(["500", "200", "100", "100", "50", "50"]):
@@ -167,3 +171,31 @@ def test_pareto_by_buckets_equals_ranking_every_customer(app, ctx):
     assert [(c["class"], c["customers"], c["revenue"]) for c in got["classes"]] == [
         (k, n, f"{r:.2f}") for k, (n, r) in expected.items()]
     assert got["customers_for_80_percent"] == expected["A"][0]
+    assert kpis.portfolio_report()["pareto"] == got
+
+
+def test_the_report_in_one_pass_equals_the_grid_and_pareto_counted_apart(app, ctx):
+    """Random customers with many ties on every RFM column: the report's single pass (GROUPING SETS
+    on PostgreSQL) gives the cells and buckets of the two separate aggregates."""
+    import random
+
+    from segments import rfm
+
+    rng = random.Random(86)
+    for i in range(300):
+        contact(i, purchase_count=rng.randint(1, 6), purchase_total=Decimal(rng.randint(0, 400)) / 4,
+                last_purchase_at=NOW - timedelta(days=rng.randint(0, 30)))
+    for i in range(300, 320):  # prospects: never counted
+        contact(i, purchase_count=0, purchase_total=Decimal(0))
+    db.session.commit()
+    b = rfm.boundaries()
+    b.read_all()
+    cells, buckets = kpis._one_pass(b)
+    assert sorted(cells) == sorted(kpis._grid_rows(b)) and sum(c[3] for c in cells) == 300
+    assert buckets == kpis._bucket_rows() and sum(n for _, n, _ in buckets) == 300
+    assert [x[0] for x in buckets] == sorted((x[0] for x in buckets), reverse=True)
+    # read_all (three connections at once on PostgreSQL) reads the edges one by one reads.
+    fresh = rfm.boundaries()
+    assert {(d, s): fresh.edge(d, s) for d in rfm.DIMENSIONS for s in rfm.SCORES[1:]} == b._edges
+    report = kpis.portfolio_report()
+    assert report["rfm"] == kpis.rfm_grid() and report["pareto"] == kpis.pareto()
