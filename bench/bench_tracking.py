@@ -351,7 +351,9 @@ def render(args, url, counts, fill_times, report_values, report, portfolio_value
                      f"{drain} | {r['bad']} | {r['p50']} ms | {r['p99']} ms | {bar} |")
     lines += ["", "A hit is answered in front of Flask (campaigns/tracking_views.py TrackingFastPath): a signed-token "
               "check (the SMS link: its MAC, the URL of its link number cached per process; a code of the first "
-              "form: one lookup by primary key) and one RPUSH to Redis; the drainer "
+              "form: one lookup by primary key), the event appended to the process's buffer (pushed to Redis in one "
+              "RPUSH every 50 ms, campaigns/tracking.py HitBuffer) and the answer the Flask route gives, serialised "
+              "once per URL; the drainer "
               "(campaigns/tracking.py drain_hits) then writes them to message_events, 5,000 a statement. The events "
               "recorded may exceed the requests wrk counted by the answers in flight when it stopped."]
     return "\n".join(lines)

@@ -27,12 +27,15 @@ a scanner that fetches every link on arrival does.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import html as htmllib
 import ipaddress
 import json
+import os
 import re
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -380,12 +383,13 @@ def is_bot(user_agent: str | None, ip: str | None, sent_epoch: int | None, now: 
 
 # ---------------------------------------------------------------- recording (the hot path)
 #
-# A hit does the token check and one RPUSH of the event to a Redis list (HITS); drain_hits() moves
+# A hit does the token check and buffers the event (HitBuffer: in the process, then one RPUSH of
+# many to a Redis list, HITS); drain_hits() moves
 # them into message_events in batches (one multi-row INSERT each). Exactly once: a batch is first
 # moved atomically (a Lua script) from HITS to a key of its own, listed in DRAINING; its rows and
 # its name (tracking_drains, primary key) are written in one transaction; only then is the key
 # deleted. A drainer that dies leaves the key in DRAINING: the next drain applies it, or finds its
-# name already written and only deletes it. Without Redis, a hit is written directly (one INSERT).
+# name already written and only deletes it. Without Redis, buffered hits are written directly.
 
 HITS = "envoi:tracking:hits"
 DRAINING = "envoi:tracking:draining"
@@ -425,13 +429,102 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 def _hit(contact_id: int, campaign_id: int | None, channel: str, kind: str, when: datetime, bot: bool,
          data: dict, code: str | None = None) -> None:
-    """Buffer one event (Redis); written directly when Redis cannot take it."""
+    """Buffer one event: in this process (HitBuffer), then in Redis; written directly when Redis
+    cannot take it."""
     row = [contact_id, campaign_id, channel, kind, _us(when), bot, data, code]
+    HitBuffer.of(current_app._get_current_object()).add(json.dumps(row, separators=(",", ":")))
+
+
+def _push(items: list[str]) -> None:
+    """Hits (JSON rows) to the Redis list the drainer reads, in one round trip; written directly
+    (one INSERT) when Redis cannot take them. Needs the app context."""
     try:
-        _redis().rpush(HITS, json.dumps(row, separators=(",", ":")))
+        client = _redis()
+        for i in range(0, len(items), 1000):
+            client.rpush(HITS, *items[i:i + 1000])
     except RedisError:
-        current_app.logger.warning("tracking: Redis unavailable, writing the event directly")
-        _apply_rows([row])
+        current_app.logger.warning("tracking: Redis unavailable, writing %d events directly", len(items))
+        _apply_rows([json.loads(raw) for raw in items])
+
+
+class HitBuffer:
+    """The hits of one app in this process on their way to Redis. A request appends its hit to a
+    list and is done; a thread pushes the list with one RPUSH every ENVOI_TRACKING_FLUSH_MS (sooner
+    when FLUSH_ITEMS wait). A round trip per hit through the Redis client was most of a hit's CPU.
+
+    A process that exits (a gunicorn worker stopped or restarted) pushes what it holds (atexit).
+    One killed outright (SIGKILL, OOM) loses its last ENVOI_TRACKING_FLUSH_MS of hits: opens and clicks,
+    never customer data, as a PostgreSQL crash does with synchronous_commit off. drain_hits()
+    pushes its own process's buffer first."""
+
+    FLUSH_ITEMS = 500
+    IDLE_SECONDS = 30  # the thread ends after this long without hits (the next hit starts another)
+
+    def __init__(self, app):
+        self.app = app
+        self.seconds = app.config.get("TRACKING_FLUSH_MS", 50) / 1000
+        self._reset()
+
+    def _reset(self):
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.items: list[str] = []
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    @classmethod
+    def of(cls, app) -> "HitBuffer":
+        buffer = app.extensions.get("envoi.hit_buffer")
+        if buffer is None:
+            buffer = app.extensions.setdefault("envoi.hit_buffer", cls(app))
+        return buffer
+
+    def add(self, item: str) -> None:
+        if self.pid != os.getpid():  # forked: the parent's list, lock and thread are not ours
+            self._reset()
+        with self.lock:
+            self.items.append(item)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="envoi-hit-buffer", daemon=True)
+                self.thread.start()
+            if len(self.items) >= self.FLUSH_ITEMS:
+                self.wake.set()
+
+    def flush(self) -> int:
+        """Push what is waiting now; how many."""
+        with self.lock:
+            items, self.items = self.items, []
+        if items:
+            try:
+                with self.app.app_context():
+                    _push(items)
+            except Exception:  # neither Redis nor the database took them: keep them for the next round
+                with self.lock:
+                    self.items[:0] = items
+                raise
+        return len(items)
+
+    def _run(self) -> None:
+        atexit.register(self.flush)
+        last = time.monotonic()
+        while True:
+            self.wake.wait(self.seconds)
+            self.wake.clear()
+            try:
+                if self.flush():
+                    last = time.monotonic()
+            except Exception:  # never let the thread die with hits in the list: log, retry next round
+                self.app.logger.exception("tracking: could not push the buffered hits")
+            with self.lock:
+                if time.monotonic() - last >= self.IDLE_SECONDS and not self.items:
+                    self.thread = None
+                    atexit.unregister(self.flush)
+                    return
+
+
+def flush_hits() -> int:
+    """Push this process's buffered hits to Redis now (tests, the drainer, shutdown)."""
+    return HitBuffer.of(current_app._get_current_object()).flush()
 
 
 def _event_row(item) -> dict:
@@ -510,6 +603,7 @@ def _sms_clicks_checked(conn, rows: list) -> list:
 def drain_hits(batch: int = BATCH, max_batches: int | None = None) -> int:
     """Move buffered hits into message_events; returns how many were taken. Safe to run concurrently
     and after a drainer died mid-batch (see above): every hit is written once."""
+    flush_hits()
     client = _redis()
     done = 0
     for key in sorted(k.decode() for k in client.smembers(DRAINING)):  # left by a drainer that died

@@ -165,6 +165,8 @@ def load_config(env: dict | None = None) -> dict:
         "OPTIN_TOKEN_MAX_AGE": _int(env, "ENVOI_OPTIN_TOKEN_MAX_AGE", 604800, minimum=60),
         # Days after a click (or a delivery) in which a purchase is credited to the campaign.
         "CONVERSION_WINDOW_DAYS": _int(env, "ENVOI_CONVERSION_WINDOW_DAYS", 7, minimum=1),
+        # A web process pushes its opens and clicks to Redis in one go this often (campaigns/tracking.py).
+        "TRACKING_FLUSH_MS": _int(env, "ENVOI_TRACKING_FLUSH_MS", 50, minimum=1),
         "DEFAULT_REGION": region,
         "API_PAGE_MAX": _int(env, "ENVOI_API_PAGE_MAX", 500, minimum=1),
         "IMPORT_DIR": str(instance / "imports"),

@@ -3,9 +3,16 @@ Every hit is written exactly once (drainers dying mid-batch, two at once), the b
 refusals are those of the Flask routes, whose answers the fast path gives byte for byte."""
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from datetime import timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 from werkzeug.test import EnvironBuilder
@@ -19,7 +26,7 @@ from envoi.extensions import db
 from envoi.types import utcnow
 from segments.models import MessageEvent
 from tests.campaigns.dispatch_fixtures import make_campaign, make_contacts
-from tests.conftest import configured
+from tests.conftest import ROOT, configured, free_port
 
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
 AGENTS = [(BROWSER, "192.0.2.10", False), ("Mozilla/5.0", "192.0.2.11", True), (BROWSER, "17.58.1.20", True),
@@ -34,6 +41,8 @@ def written() -> list[tuple]:
 
 
 def buffered() -> int:
+    """Hits waiting for the drainer: pushed from this process's buffer to Redis."""
+    tracking.flush_hits()
     return tracking._redis().llen(tracking.HITS)
 
 
@@ -82,6 +91,7 @@ def test_a_batch_left_by_a_dead_drainer_is_written_once(app, ctx, client):
         token = tracking.open_token(campaign_id, contact_id, now=before)
         client.get(f"/t/o/{token}.gif", headers={"User-Agent": BROWSER})
     # Died after taking the batch, before writing it: the next drain writes it.
+    tracking.flush_hits()
     key = tracking.take_batch(2)
     assert buffered() == 1 and written() == []
     assert tracking.drain_hits() == 3
@@ -90,6 +100,7 @@ def test_a_batch_left_by_a_dead_drainer_is_written_once(app, ctx, client):
     token = tracking.open_token(campaign_id, ids[0], now=before)
     client.get(f"/t/o/{token}.gif", headers={"User-Agent": BROWSER})
     # Died after writing the batch, before dropping its key: the next drain sees its name and skips it.
+    tracking.flush_hits()
     key = tracking.take_batch()
     rows = [tracking.json.loads(raw) for raw in tracking._redis().lrange(key, 0, -1)]
     assert tracking._apply_rows(rows, batch=key.rsplit(":", 1)[-1]) is True
@@ -186,7 +197,71 @@ def test_without_redis_a_hit_is_written_directly(app, ctx, client):
     token = tracking.open_token(campaign_id, contact_id, now=utcnow() - timedelta(hours=2))
     with configured(app, REDIS_URL="redis://127.0.0.1:1/0"):
         assert client.get(f"/t/o/{token}.gif", headers={"User-Agent": BROWSER}).status_code == 200
+        # The buffer's thread pushes within ENVOI_TRACKING_FLUSH_MS; Redis refuses; it writes the event.
+        assert until(lambda: written() != [], 10)
     assert written() == [(contact_id, campaign_id, "email", "opened", False, None)]
+
+
+def until(test, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_the_buffer_pushes_hits_to_redis_by_itself_and_in_one_go(app, ctx, client):
+    ids = make_contacts(3)
+    campaign_id = make_campaign()
+    redis = tracking._redis()
+    for contact_id in ids:
+        token = tracking.open_token(campaign_id, contact_id, now=utcnow() - timedelta(hours=2))
+        assert client.get(f"/t/o/{token}.gif", headers={"User-Agent": BROWSER}).status_code == 200
+    # No drain, no explicit flush: the thread pushes them within ENVOI_TRACKING_FLUSH_MS (50 ms).
+    assert until(lambda: redis.llen(tracking.HITS) == 3, 5)
+    assert tracking.drain_hits() == 3 and len(written()) == 3
+
+
+def test_a_stopped_gunicorn_worker_pushes_the_hits_it_holds(app, ctx, tmp_path):
+    """The deployment's web server: hits held in a worker (a flush period of an hour) reach Redis
+    when gunicorn stops (SIGTERM), through the buffer's atexit push."""
+    ids = make_contacts(4)
+    campaign_id = make_campaign()
+    redis = tracking._redis()
+    port = free_port()
+    env = {**os.environ, "ENVOI_DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+           "ENVOI_REDIS_URL": app.config["REDIS_URL"], "ENVOI_SECRET_KEY": app.config["SECRET_KEY"],
+           "ENVOI_BASE_URL": f"http://127.0.0.1:{port}", "ENVOI_INSTANCE_PATH": str(tmp_path),
+           "ENVOI_TRACKING_FLUSH_MS": "3600000"}
+    server = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "wsgi:app", "--bind",
+                               f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "gthread", "--threads", "4",
+                               "--no-control-socket"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert until(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, 30)
+        for contact_id in ids:
+            token = tracking.open_token(campaign_id, contact_id, now=utcnow() - timedelta(hours=2))
+            assert _get(f"http://127.0.0.1:{port}/t/o/{token}.gif") == 200
+        time.sleep(0.3)
+        assert redis.llen(tracking.HITS) == 0  # held in the workers
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert redis.llen(tracking.HITS) == 4
+    assert tracking.drain_hits() == 4
+    assert sorted(w[0] for w in written()) == sorted(ids)
+
+
+def _get(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": BROWSER}), timeout=5) as r:
+            return r.status
+    except OSError:
+        return None
 
 
 def test_the_periodic_drainer_is_declared_and_drains(app, ctx, client):

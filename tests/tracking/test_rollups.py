@@ -99,6 +99,7 @@ def test_rollups_equal_the_events_through_drains_erasure_and_deletion(app, ctx, 
 
     # A batch written by a drainer that died before dropping its key: the next drain does not write it again.
     hits(client, rng, a, ids, 40, sent)
+    tracking.flush_hits()
     key = tracking.take_batch()
     rows = [tracking.json.loads(raw) for raw in tracking._redis().lrange(key, 0, -1)]
     assert tracking._apply_rows(rows, batch=key.rsplit(":", 1)[-1]) is True
