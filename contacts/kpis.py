@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from campaigns.reports import dialect, ratio, tune_for_report
 from contacts.models import ConsentEvent, Contact, Purchase
+from envoi import parallel
 from envoi.extensions import db
 from envoi.types import utcnow
 from segments import rfm
@@ -106,24 +107,38 @@ def _bucket_rows() -> list[tuple]:
 
 def _one_pass(b: rfm.Boundaries) -> tuple[list[tuple], list[tuple]]:
     """The RFM grid's rows and the Pareto buckets, from one pass over the customers where the database
-    can do it (PostgreSQL: GROUPING SETS, two hash tables filled by one index-only scan); else two."""
+    can do it (PostgreSQL: GROUPING SETS, two hash tables filled by one index-only scan), in
+    envoi.parallel.parts() parts counted at once; else two aggregates."""
     if dialect() != "postgresql":
         return _grid_rows(b), _bucket_rows()
     r, f, m = _grid_select(b)
     bucket = _bucket().label("b")
+    query = (sa.select(r, f, m, bucket, sa.func.grouping(bucket).label("grid_row"), sa.func.count(),
+                       sa.func.sum(Contact.purchase_total))
+             .where(rfm.customer())
+             .group_by(sa.func.grouping_sets(sa.tuple_(sa.text("r"), sa.text("f"), sa.text("m")),
+                                             sa.tuple_(sa.text("b")))))
+    n = parallel.parts()
+
+    def part(conn, k: int) -> list:
+        # Every part walks the whole index and scores the customers whose id is k modulo n: even
+        # parts whatever the ids' spread (ranges of ids are not).
+        return conn.execute(query.where(Contact.id % n == k) if n > 1 else query).all()
+
     # Both sets hashed: the planner cannot count the groups of these expressions (a few hundred at
-    # most) and would sort 700,000 rows for one set unless the hash tables may be this large.
-    db.session.execute(sa.text("SET LOCAL work_mem = '256MB'"))
-    rows = db.session.execute(
-        sa.select(r, f, m, bucket, sa.func.grouping(bucket).label("grid_row"), sa.func.count(),
-                  sa.func.sum(Contact.purchase_total))
-        .where(rfm.customer())
-        .group_by(sa.func.grouping_sets(sa.tuple_(sa.text("r"), sa.text("f"), sa.text("m")),
-                                        sa.tuple_(sa.text("b"))))).all()
-    # GROUPING(b) is 1 on the rows of the (r, f, m) set, where b is not a grouping column.
-    grid = [(rs, fs, ms, n, t) for rs, fs, ms, _, grid_row, n, t in rows if grid_row]
-    buckets = sorted(((bk, n, t) for _, _, _, bk, grid_row, n, t in rows if not grid_row), key=lambda x: -x[0])
-    return grid, buckets
+    # most) and would sort the rows for one set unless the hash tables may be this large. No workers
+    # of its own per part: the parts are the parallelism, and the planner's guesses for a modulo are wild.
+    settings = ("SET LOCAL work_mem = '256MB'", "SET LOCAL max_parallel_workers_per_gather = 0")
+    grid: dict[tuple, list] = {}
+    buckets: dict[int, list] = {}
+    for rows in parallel.on_connections(part, range(n), settings):
+        for rs, fs, ms, bk, grid_row, count, total in rows:
+            # GROUPING(b) is 1 on the rows of the (r, f, m) set, where b is not a grouping column.
+            into = grid.setdefault((rs, fs, ms), [0, Decimal(0)]) if grid_row else buckets.setdefault(bk, [0, Decimal(0)])
+            into[0] += count
+            into[1] += Decimal(total or 0)
+    return ([(*key, c, t) for key, (c, t) in grid.items()],
+            [(bk, c, t) for bk, (c, t) in sorted(buckets.items(), key=lambda x: -x[0])])
 
 
 def rfm_grid(b: rfm.Boundaries | None = None, rows: list[tuple] | None = None) -> dict:

@@ -25,13 +25,13 @@ Groups (first match wins, so a customer is in exactly one; r, f, m are the score
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from itertools import product
 
 import sqlalchemy as sa
 
 from contacts.models import Contact
 from envoi.extensions import db
+from envoi.parallel import on_connections
 
 DIMENSIONS = ("recency", "frequency", "monetary")
 COLUMNS = {"recency": Contact.last_purchase_at, "frequency": Contact.purchase_count,
@@ -104,20 +104,16 @@ class Boundaries:
         index; on PostgreSQL the three dimensions' walks run at once, on connections of their own
         (each edge was always its own statement: nothing is less consistent than before)."""
         todo = [(dim, score) for dim in DIMENSIONS for score in SCORES[1:] if (dim, score) not in self._edges]
-        engine = db.engine
-        if engine.dialect.name != "postgresql" or len(todo) < 2:
+        if db.engine.dialect.name != "postgresql" or len(todo) < 2:
             for dim, score in todo:
                 self.edge(dim, score)
             return
 
-        def walk(dim: str) -> dict:
-            with engine.connect() as conn:
-                conn.execute(sa.text("SET LOCAL jit = off"))
-                return {(d, s): self._read(d, s, conn) for d, s in todo if d == dim}
+        def walk(conn, dim: str) -> dict:
+            return {(d, s): self._read(d, s, conn) for d, s in todo if d == dim}
 
-        with ThreadPoolExecutor(len(DIMENSIONS), thread_name_prefix="envoi-rfm") as pool:
-            for edges in pool.map(walk, DIMENSIONS):
-                self._edges.update(edges)
+        for edges in on_connections(walk, DIMENSIONS):
+            self._edges.update(edges)
 
 
 def boundaries() -> Boundaries:
