@@ -284,7 +284,7 @@ def main(argv=None) -> None:
     app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SQLALCHEMY_ENGINE_OPTIONS": {}})
     with app.app_context():
         from campaigns.reports import campaign_report
-        from contacts.kpis import portfolio_report
+        from contacts.kpis import lookalikes, portfolio_report
 
         session = db.session
         counts = {t: session.scalar(sa.text(f"SELECT count(*) FROM {t}"))
@@ -300,15 +300,18 @@ def main(argv=None) -> None:
         session.rollback()
         log(f"portfolio report: median {median(portfolio_values):.0f} ms, "
             f"p95 {percentile(portfolio_values, 0.95):.0f} ms")
+        look = timed(lookalikes, args.runs)
+        session.rollback()
+        log(f"lookalikes: median {median(look[0]):.0f} ms, p95 {percentile(look[0], 0.95):.0f} ms")
     http = serve_and_hit(args, url, campaign_id)
-    body = render(args, url, counts, fill_times, report_values, report, portfolio_values, portfolio, http)
+    body = render(args, url, counts, fill_times, report_values, report, portfolio_values, portfolio, http, look)
     print(body)
     if not args.no_write:
         write_section("tracking", body)
         log("BENCHMARKS.md updated")
 
 
-def render(args, url, counts, fill_times, report_values, report, portfolio_values, portfolio, http) -> str:
+def render(args, url, counts, fill_times, report_values, report, portfolio_values, portfolio, http, look) -> str:
     def ms(values):
         return f"{median(values):.0f} ms | {percentile(values, 0.95):.0f} ms"
 
@@ -334,6 +337,10 @@ def render(args, url, counts, fill_times, report_values, report, portfolio_value
         f"{portfolio['pareto']['customers_for_80_percent']:,} make 80 % of revenue, "
         f"{portfolio['small_with_potential']['customers']:,} small customers with potential) "
         f"| {ms(portfolio_values)} | {verdict(percentile(portfolio_values, 0.95) < 1000)} |",
+        f"| lookalikes of the big customers (`/analytics/lookalikes`, not part of the portfolio report: "
+        f"{look[1]['big_customers']:,} big customers, {len(look[1]['profile'])} profile fields, "
+        f"{look[1]['customers']:,} lookalikes; the generated contacts have no sector, age or source, and cities "
+        f"spread evenly, so no profile) | {ms(look[0])} | (no bar) |",
         "", f"Tracking endpoints: gunicorn ({args.workers} workers x {args.worker_threads} threads, gthread, "
         f"keep-alive {args.keep_alive} s), wrk {args.threads} threads, {args.connections} connections, "
         f"{args.duration} s each; the baseline on the same server in the same run:", "",

@@ -210,6 +210,20 @@ def potential():
     return _answer(kpis.small_with_potential(), {"top": lambda d: d["top"], "summary": _summary})
 
 
+@blp.route("/analytics/lookalikes")
+@require("viewer")
+@blp.doc(security=SECURITY, parameters=_RANGE_DOC[2:])
+def lookalikes():
+    """Small customers who look like the big ones in the segment sense: the big customers' profile (segment
+    field values over-represented among them), how many small customers share it, the rule selecting them."""
+    from contacts import kpis
+
+    def profile(d):
+        return [{"field": t["field"], **v} for t in d["profile"] for v in t["values"]]
+
+    return _answer(kpis.lookalikes(), {"top": lambda d: d["top"], "profile": profile, "summary": _summary})
+
+
 # ---------------------------------------------------------------- audience
 
 @blp.route("/analytics/audience")

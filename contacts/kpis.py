@@ -107,8 +107,8 @@ def _bucket_rows() -> list[tuple]:
 
 def _one_pass(b: rfm.Boundaries) -> tuple[list[tuple], list[tuple]]:
     """The RFM grid's rows and the Pareto buckets, from one pass over the customers where the database
-    can do it (PostgreSQL: GROUPING SETS, two hash tables filled by one index-only scan), in
-    envoi.parallel.parts() parts counted at once; else two aggregates."""
+    can do it (PostgreSQL: GROUPING SETS, two hash tables filled by one index-only scan, in parts
+    counted at once: _in_parts); else two aggregates."""
     if dialect() != "postgresql":
         return _grid_rows(b), _bucket_rows()
     r, f, m = _grid_select(b)
@@ -118,20 +118,9 @@ def _one_pass(b: rfm.Boundaries) -> tuple[list[tuple], list[tuple]]:
              .where(rfm.customer())
              .group_by(sa.func.grouping_sets(sa.tuple_(sa.text("r"), sa.text("f"), sa.text("m")),
                                              sa.tuple_(sa.text("b")))))
-    n = parallel.parts()
-
-    def part(conn, k: int) -> list:
-        # Every part walks the whole index and scores the customers whose id is k modulo n: even
-        # parts whatever the ids' spread (ranges of ids are not).
-        return conn.execute(query.where(Contact.id % n == k) if n > 1 else query).all()
-
-    # Both sets hashed: the planner cannot count the groups of these expressions (a few hundred at
-    # most) and would sort the rows for one set unless the hash tables may be this large. No workers
-    # of its own per part: the parts are the parallelism, and the planner's guesses for a modulo are wild.
-    settings = ("SET LOCAL work_mem = '256MB'", "SET LOCAL max_parallel_workers_per_gather = 0")
     grid: dict[tuple, list] = {}
     buckets: dict[int, list] = {}
-    for rows in parallel.on_connections(part, range(n), settings):
+    for rows in _in_parts(query.where):
         for rs, fs, ms, bk, grid_row, count, total in rows:
             # GROUPING(b) is 1 on the rows of the (r, f, m) set, where b is not a grouping column.
             into = grid.setdefault((rs, fs, ms), [0, Decimal(0)]) if grid_row else buckets.setdefault(bk, [0, Decimal(0)])
@@ -139,6 +128,22 @@ def _one_pass(b: rfm.Boundaries) -> tuple[list[tuple], list[tuple]]:
             into[1] += Decimal(total or 0)
     return ([(*key, c, t) for key, (c, t) in grid.items()],
             [(bk, c, t) for bk, (c, t) in sorted(buckets.items(), key=lambda x: -x[0])])
+
+
+def _in_parts(query_where) -> list[list]:
+    """The rows of query_where(part) for envoi.parallel.parts() parts of the contacts, counted at once
+    (PostgreSQL), to be added up. Every part walks the whole index or table and aggregates the contacts
+    whose id is k modulo n: even parts whatever the ids' spread (ranges of ids are not).
+    Aggregates hashed: the planner cannot count the groups of these expressions (a few hundred at most)
+    and would sort the rows for a grouping set unless the hash tables may be this large. No workers of
+    its own per part: the parts are the parallelism, and the planner's guesses for a modulo are wild."""
+    n = parallel.parts()
+
+    def part(conn, k: int) -> list:
+        return conn.execute(query_where(Contact.id % n == k if n > 1 else sa.true())).all()
+
+    return parallel.on_connections(part, range(n), ("SET LOCAL work_mem = '256MB'",
+                                                    "SET LOCAL max_parallel_workers_per_gather = 0"))
 
 
 def rfm_grid(b: rfm.Boundaries | None = None, rows: list[tuple] | None = None) -> dict:
@@ -232,6 +237,137 @@ def small_with_potential(limit: int = 20, b: rfm.Boundaries | None = None, grid:
                              .order_by(Contact.purchase_count.desc(), Contact.last_purchase_at.desc(), Contact.id)
                              .limit(limit)).all()
     return {"customers": n, "revenue": _money(total), "rule": {"rfm": SMALL_WITH_POTENTIAL},
+            "top": [{"id": i, "purchase_count": c, "purchase_total": _money(t),
+                     "last_purchase_at": at.isoformat() if at else None} for i, c, t, at in top]}
+
+
+# ---------------------------------------------------------------- portfolio: lookalikes of the big customers
+
+LOOKALIKE_FIELDS = ("sector", "headcount", "age", "gender", "city", "country", "source", "language")
+LOOKALIKE_LIFT = 1.2        # a trait: a value at least this much more frequent among big customers than among all
+LOOKALIKE_MIN_SHARE = 0.05  # ... held by at least this share of the big customers (and by MIN_BIG of them)
+LOOKALIKE_MIN_BIG = 5
+HEADCOUNT_BANDS = ((None, 9, "1-9"), (10, 49, "10-49"), (50, 249, "50-249"), (250, None, "250+"))
+AGE_BANDS = ((None, 25, "under 25"), (25, 35, "25-34"), (35, 50, "35-49"), (50, 65, "50-64"), (65, None, "65+"))
+
+
+def _years_ago(today, years: int):
+    try:
+        return today.replace(year=today.year - years)
+    except ValueError:  # 29 February
+        return today.replace(year=today.year - years, day=28)
+
+
+def _trait_columns(today) -> dict:
+    """The segment fields a big customer's profile is read on, as SQL values (bands for numbers and ages)."""
+    headcount = sa.case(*[(Contact.headcount <= hi, label) for lo, hi, label in HEADCOUNT_BANDS if hi is not None],
+                        else_=HEADCOUNT_BANDS[-1][2])
+    age = sa.case(*[(Contact.birth_date > _years_ago(today, hi), label) for lo, hi, label in AGE_BANDS
+                    if hi is not None], else_=AGE_BANDS[-1][2])
+    return {"sector": Contact.sector, "headcount": sa.case((Contact.headcount.is_(None), None), else_=headcount),
+            "age": sa.case((Contact.birth_date.is_(None), None), else_=age), "gender": Contact.gender,
+            "city": Contact.city, "country": Contact.country, "source": Contact.source, "language": Contact.language}
+
+
+def _trait_rule(field: str, values: list, today) -> dict:
+    """The segment rule (segments/rules.py grammar) selecting the contacts with one of `values` of `field`."""
+    if field == "headcount":
+        parts = []
+        for lo, hi, label in HEADCOUNT_BANDS:
+            if label in values:
+                parts.append({"field": "headcount", "op": "lte", "value": hi} if lo is None else
+                             {"field": "headcount", "op": "gte", "value": lo} if hi is None else
+                             {"field": "headcount", "op": "between", "value": [lo, hi]})
+        return parts[0] if len(parts) == 1 else {"any": parts}
+    if field == "age":
+        parts = []
+        for lo, hi, label in AGE_BANDS:
+            if label in values:
+                born = [{"field": "birth_date", "op": "lte", "value": _years_ago(today, lo).isoformat()}] if lo else []
+                if hi is not None:
+                    born.append({"field": "birth_date", "op": "gt", "value": _years_ago(today, hi).isoformat()})
+                else:
+                    born.append({"field": "birth_date", "op": "is_set"})
+                parts.append(born[0] if len(born) == 1 else {"all": born})
+        return parts[0] if len(parts) == 1 else {"any": parts}
+    return {"field": field, "op": "in", "value": sorted(values)}
+
+
+def _trait_counts(columns: dict, big) -> dict[str, list[tuple]]:
+    """Per field: (value, customers, big customers) over the customers, in one pass on PostgreSQL."""
+    if dialect() != "postgresql":
+        return {name: db.session.execute(sa.select(col.label("v"), sa.func.count(), sa.func.count().filter(big))
+                                         .where(rfm.customer()).group_by(sa.text("v"))).all()
+                for name, col in columns.items()}
+
+    def query(where):
+        inner = sa.select(*[col.label(name) for name, col in columns.items()], big.label("big")).where(
+            rfm.customer(), where).subquery()
+        cols = [inner.c[name] for name in columns]
+        return (sa.select(*cols, *[sa.func.grouping(c) for c in cols], sa.func.count(),
+                          sa.func.count().filter(inner.c.big))
+                .group_by(sa.func.grouping_sets(*[sa.tuple_(c) for c in cols])))
+
+    names, n = list(columns), len(columns)
+    sums: dict[tuple, list] = {}
+    for rows in _in_parts(query):
+        for row in rows:
+            # GROUPING(x) is 0 only in the set grouped by x.
+            i = next(i for i in range(n) if row[n + i] == 0)
+            into = sums.setdefault((names[i], row[i]), [0, 0])
+            into[0] += row[2 * n]
+            into[1] += row[2 * n + 1]
+    out: dict[str, list[tuple]] = {name: [] for name in columns}
+    for (name, value), (count, big_count) in sums.items():
+        out[name].append((value, count, big_count))
+    return out
+
+
+def lookalikes(limit: int = 20, b: rfm.Boundaries | None = None, today=None) -> dict:
+    """Small customers (monetary score <= 2) who look like the big ones (monetary score 5) in the segment
+    sense: the profile of the big customers is the values of segment fields (sector, headcount band, age
+    band, gender, city, country, source, language) over-represented among them (lift >= LOOKALIKE_LIFT,
+    held by at least LOOKALIKE_MIN_SHARE of them); a lookalike has the profile's value on at least two of
+    its fields (on its one field if it has one). Answered with the segment rule that selects them, which
+    is also what counts them."""
+    from segments.services import segment_query
+
+    tune_for_report()
+    b = b or rfm.boundaries()
+    today = today or utcnow().date()
+    big = rfm.condition(b, {"monetary": {"op": "eq", "value": 5}})
+    counts = _trait_counts(_trait_columns(today), big)
+    customers = b.m
+    n_big = sum(big_n for _, _, big_n in next(iter(counts.values()))) if counts else 0
+    traits = []
+    for field in LOOKALIKE_FIELDS:
+        chosen = []
+        for value, n, big_n in counts.get(field, []):
+            if value is None or not n_big or not customers:
+                continue
+            share_big, share_all = big_n / n_big, n / customers
+            if big_n >= LOOKALIKE_MIN_BIG and share_big >= LOOKALIKE_MIN_SHARE and share_big >= LOOKALIKE_LIFT * share_all:
+                chosen.append({"value": value, "customers": n, "big_customers": big_n, "share_of_big": round(share_big, 4),
+                               "share_of_customers": round(share_all, 4), "lift": round(share_big / share_all, 2)})
+        if chosen:
+            chosen.sort(key=lambda t: (-t["lift"], str(t["value"])))
+            traits.append({"field": field, "values": chosen,
+                           "rule": _trait_rule(field, [t["value"] for t in chosen], today)})
+    answer = {"big_customers": n_big, "customers": 0, "revenue": _money(0), "profile": traits, "rule": None, "top": []}
+    if not traits:
+        return answer
+    parts = [t["rule"] for t in traits]
+    match = parts[0] if len(parts) == 1 else {"any": [{"all": [parts[i], parts[j]]} for i in range(len(parts))
+                                                      for j in range(i + 1, len(parts))]}
+    rule = {"all": [{"rfm": {"monetary": {"op": "lte", "value": 2}}}, match]}
+    members = segment_query(rule).subquery()
+    n, total = db.session.execute(sa.select(sa.func.count(), sa.func.sum(Contact.purchase_total))
+                                  .where(Contact.id.in_(sa.select(members.c.id)))).one()
+    top = db.session.execute(sa.select(Contact.id, Contact.purchase_count, Contact.purchase_total,
+                                       Contact.last_purchase_at).where(Contact.id.in_(sa.select(members.c.id)))
+                             .order_by(Contact.purchase_count.desc(), Contact.last_purchase_at.desc(), Contact.id)
+                             .limit(limit)).all()
+    return {**answer, "customers": n, "revenue": _money(total), "rule": rule,
             "top": [{"id": i, "purchase_count": c, "purchase_total": _money(t),
                      "last_purchase_at": at.isoformat() if at else None} for i, c, t, at in top]}
 

@@ -9,8 +9,8 @@ import pytest
 from tests.tracking.test_kpis import portfolio_customers
 from tests.tracking.test_reports import U1, build, h
 
-ENDPOINTS = ["campaigns", "customers", "portfolio", "rfm", "pareto", "potential", "audience", "growth", "funnel",
-             "unsubscribes", "freshness"]
+ENDPOINTS = ["campaigns", "customers", "portfolio", "rfm", "pareto", "potential", "lookalikes", "audience", "growth",
+             "funnel", "unsubscribes", "freshness"]
 
 
 def rows(response) -> list[dict]:
@@ -58,7 +58,7 @@ def test_every_analytics_endpoint_answers_and_needs_a_token(app, ctx, client, vi
     portfolio_customers()
     for name in ENDPOINTS:
         response = viewer_api.get(f"/api/v1/analytics/{name}", query_string={"from": "2026-01-01"}
-                                  if name not in ("portfolio", "rfm", "pareto", "potential", "freshness") else {})
+                                  if name not in ("portfolio", "rfm", "pareto", "potential", "lookalikes", "freshness") else {})
         assert response.status_code == 200, name
         assert client.get(f"/api/v1/analytics/{name}").status_code == 401
     assert viewer_api.get("/api/v1/analytics/pareto").json["customers_for_80_percent"] == 3
@@ -95,3 +95,14 @@ def test_a_range_of_centuries_answers_instead_of_overflowing(app, ctx, viewer_ap
         assert response.status_code == 200, (name, response.json)
     customers = viewer_api.get("/api/v1/analytics/customers", query_string={"from": "1900-01-01", "to": "9999-12-31"})
     assert customers.json["customers"] >= 1
+
+
+def test_lookalikes_as_json_and_csv(app, ctx, viewer_api):
+    from tests.tracking.test_kpis import lookalike_customers
+
+    ids = lookalike_customers()
+    answer = viewer_api.get("/api/v1/analytics/lookalikes").json
+    assert answer["big_customers"] == 5 and {t["id"] for t in answer["top"]} == {ids[1], ids[3]}
+    profile = rows(viewer_api.get("/api/v1/analytics/lookalikes?format=csv&table=profile"))
+    assert [(r["field"], r["value"], r["big_customers"]) for r in profile] == [
+        ("sector", "retail", "5"), ("headcount", "250+", "5"), ("age", "35-49", "5")]

@@ -199,3 +199,53 @@ def test_the_report_in_one_pass_equals_the_grid_and_pareto_counted_apart(app, ct
     assert {(d, s): fresh.edge(d, s) for d in rfm.DIMENSIONS for s in rfm.SCORES[1:]} == b._edges
     report = kpis.portfolio_report()
     assert report["rfm"] == kpis.rfm_grid() and report["pareto"] == kpis.pareto()
+
+
+LOOKALIKE_TODAY = datetime(2026, 11, 1).date()
+
+
+def lookalike_customers() -> dict:
+    """25 customers, monetary 10..250 (quintiles of five): 21-25 are the big ones (score 5), 1-10 the small
+    ones (score <= 2). The big ones are all retail, 250+ staff, born 1985 (35-49 on LOOKALIKE_TODAY), in Paris
+    or Lyon; the others mostly industry or services, 10-49 staff, born 2000, in Nice."""
+    ids = {}
+    for i in range(1, 26):
+        big = i >= 21
+        sector = "retail" if big or i in (1, 2, 3) else "services" if i >= 11 else "industry"
+        headcount = 300 if big or i in (1, 3, 4, 15) else 20
+        born = datetime(1985, 5, 1).date() if big or i == 1 else datetime(2000, 1, 1).date()
+        city = ("Paris" if i in (21, 22, 23, 2, 5, 11) else "Lyon") if big or i in (2, 5, 11) else "Nice"
+        ids[i] = contact(i, purchase_count=1, purchase_total=Decimal(10 * i), last_purchase_at=NOW - timedelta(days=i),
+                         sector=sector, headcount=headcount, birth_date=born, city=city, country="FR")
+    contact(99, sector="retail", headcount=500)  # a prospect: no customer, no lookalike
+    db.session.commit()
+    return ids
+
+
+def test_lookalikes_of_the_big_customers(app, ctx):
+    ids = lookalike_customers()
+    got = kpis.lookalikes(today=LOOKALIKE_TODAY)
+    assert got["big_customers"] == 5
+    # retail: 5 of 5 big, 8 of 25 customers (lift 1 / 0.32 = 3.12); 250+ staff: 5 of 5, 9 of 25 (2.78);
+    # born 1985 (35-49): 5 of 5, 6 of 25 (4.17). Paris (3 big) and Lyon (2) have too few big customers,
+    # FR is everyone's (lift 1), gender, source and language are unknown.
+    assert [(t["field"], [(v["value"], v["customers"], v["big_customers"], v["lift"]) for v in t["values"]])
+            for t in got["profile"]] == [("sector", [("retail", 8, 5, 3.12)]), ("headcount", [("250+", 9, 5, 2.78)]),
+                                         ("age", [("35-49", 6, 5, 4.17)])]
+    # Small ones (1-10) with two of the three: 1 (all three) and 3 (retail, 250+); 2 has retail only,
+    # 4 has 250+ only.
+    assert (got["customers"], got["revenue"]) == (2, "40.00")
+    assert [t["id"] for t in got["top"]] == [ids[1], ids[3]]  # as many purchases: the most recent first
+    # The rule is a valid segment rule selecting the same people.
+    from segments.services import segment_query
+
+    members = set(db.session.scalars(segment_query(got["rule"]).with_only_columns(Contact.id)))
+    assert members == {ids[1], ids[3]}
+
+
+def test_no_lookalikes_when_the_big_customers_look_like_everyone(app, ctx):
+    for i in range(1, 26):
+        contact(i, purchase_count=1, purchase_total=Decimal(10 * i), last_purchase_at=NOW, sector="retail")
+    db.session.commit()
+    got = kpis.lookalikes(today=LOOKALIKE_TODAY)
+    assert (got["big_customers"], got["profile"], got["customers"], got["rule"], got["top"]) == (5, [], 0, None, [])
