@@ -143,7 +143,16 @@ def test_audience_growth_funnel_unsubscribes_and_freshness(app, ctx):
         ("email", "link", 1), ("sms", "sms_keyword", 1)]
 
     fresh = kpis.data_freshness(now=NOW)
-    assert (fresh["contacts"], fresh["stale"], fresh["stale_share"]) == (6, 2, 0.3333)
+    assert (fresh["contacts"], fresh["stale"], fresh["stale_share"], fresh["not_updated"]) == (6, 2, 0.3333, 2)
+    # Not updated for 400 days but verified since: a consent news 30 days ago, activity 5 days ago.
+    contact(7, updated_at=NOW - timedelta(days=400), email_status_at=NOW - timedelta(days=30))
+    contact(8, updated_at=NOW - timedelta(days=400), last_activity_at=NOW - timedelta(days=5))
+    # ... and one whose news and activity are as old as its data.
+    contact(9, updated_at=NOW - timedelta(days=400), sms_status_at=NOW - timedelta(days=390),
+            last_activity_at=NOW - timedelta(days=380))
+    db.session.commit()
+    fresh = kpis.data_freshness(now=NOW)
+    assert (fresh["contacts"], fresh["stale"], fresh["stale_share"], fresh["not_updated"]) == (9, 3, 0.3333, 5)
 
 
 def test_pareto_by_buckets_equals_ranking_every_customer(app, ctx):
