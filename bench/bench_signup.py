@@ -209,8 +209,9 @@ def accepted_in_log(log_path: Path, path: str) -> int:
 
 # Where a signup's time goes: (label, file suffix, function) of cumulative cProfile times.
 PROFILE_PARTS = [
-    ("whole request in Flask (no HTTP server)", "flask/app.py", "wsgi_app"),
-    ("before_request hooks (NUL check: parses the form; flask-limiter)", "flask/app.py", "preprocess_request"),
+    ("whole request: the signup fast path in front of Flask (no HTTP server)", "optin/views.py", "_answer"),
+    ("reading the request (werkzeug: the NUL check parses the form)", "envoi/errors.py", "nul_fields"),
+    ("Flask's request machinery (0: the fast path answers these signups)", "flask/app.py", "wsgi_app"),
     ("form (per-process cache)", "optin/services.py", "signup_form"),
     ("signup validation (clean_signup)", "optin/services.py", "clean_signup"),
     ("rate limits per IP and per address + forms' version (one Redis script)", "optin/ratelimit.py", "hit"),
@@ -390,7 +391,8 @@ def main(argv=None) -> None:
         f"posting, as the embed script does from an allowed site (`Origin` header), `email` (unique per request) + `first_name` + `_token` + empty honeypot, form-encoded, "
         f"`Accept: application/json`; each run bounded by {args.requests:,} requests and {args.duration} s; "
         f"baseline `GET /healthz` (one `SELECT 1`) with the same generator and concurrency, just before each run",
-        "- every signup does the real work: origin check, token check, honeypot, min fill time, the per-IP and "
+        "- every signup does the real work (answered in front of Flask by optin/views.py SignupFastPath, through "
+        "the route's own code): origin check, token check, honeypot, min fill time, the per-IP and "
         "per-address rate limits (one Redis script), one transaction (contact + requested consent event + signup "
         "action: one INSERT ... CTE statement), the confirmation message queued on Redis after commit",
         "",

@@ -117,14 +117,20 @@ def _nul_paths(value, path: str = ""):
             yield from _nul_paths(item, f"{path}[{i}]")
 
 
+def nul_fields(req) -> list[str]:
+    """Where `req` (a request object) carries a NUL character: query, JSON body or form."""
+    found = [f"query.{k}" for k, v in req.args.items(multi=True) if "\x00" in k or "\x00" in v]
+    if req.is_json:
+        found += list(_nul_paths(req.get_json(silent=True)))
+    elif req.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        # Parts without a name come back with None keys: only what a view can read matters.
+        found += [f"form.{k}" for k, v in req.form.items(multi=True) if "\x00" in f"{k}{v}"]
+        found += [f"{k}.filename" for k, f in req.files.items(multi=True) if "\x00" in f"{k}{f.filename}"]
+    return found
+
+
 def refuse_nul_bytes():
     """NUL cannot be stored in PostgreSQL text and is never meaningful input: refuse it up front."""
-    found = [f"query.{k}" for k, v in request.args.items(multi=True) if "\x00" in k or "\x00" in v]
-    if request.is_json:
-        found += list(_nul_paths(request.get_json(silent=True)))
-    elif request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        # Parts without a name come back with None keys: only what a view can read matters.
-        found += [f"form.{k}" for k, v in request.form.items(multi=True) if "\x00" in f"{k}{v}"]
-        found += [f"{k}.filename" for k, f in request.files.items(multi=True) if "\x00" in f"{k}{f.filename}"]
+    found = nul_fields(request)
     if found:
         raise ValidationError("invalid characters", {p: "contains a NUL character" for p in found[:20]})

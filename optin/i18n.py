@@ -121,12 +121,14 @@ TEXTS = {
 }
 
 
-def pick_lang(fallback: str | None = None) -> str:
-    """`?lang=fr|en` wins, then the browser's Accept-Language, then `fallback`, then English."""
-    wanted = (request.args.get("lang") or "").lower()
+def pick_lang(fallback: str | None = None, req=None) -> str:
+    """`?lang=fr|en` wins, then the browser's Accept-Language, then `fallback`, then English.
+    `req`: the request (Flask's by default; the signup fast path passes its own)."""
+    req = request if req is None else req
+    wanted = (req.args.get("lang") or "").lower()
     if wanted in LANGS:
         return wanted
-    best = request.accept_languages.best_match(LANGS)
+    best = req.accept_languages.best_match(LANGS)
     if best:
         return best
     return fallback if fallback in LANGS else DEFAULT_LANG

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hmac
+import io
 import json
+import re
 import secrets
 import time
+from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -15,7 +18,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from werkzeug.exceptions import TooManyRequests
 
 from contacts.models import AttributeDefinition
-from envoi.errors import NotFound, ValidationError
+from envoi.errors import NotFound, ValidationError, nul_fields
 from envoi.extensions import db, limiter
 from optin import ratelimit, services, tokens
 from optin.i18n import lang_of, pick_lang, texts
@@ -81,30 +84,32 @@ def _origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def _is_own_origin(origin: str) -> bool:
+# The signup helpers take the request object: Flask's, or the one the signup fast path builds.
+
+def _is_own_origin(origin: str, req) -> bool:
     """The public URL's origin (ENVOI_BASE_URL) or the one this request was sent to."""
-    return origin == _origin_of(current_app.config["BASE_URL"]) or origin == f"{request.scheme}://{request.host}".lower()
+    return origin == _origin_of(current_app.config["BASE_URL"]) or origin == f"{req.scheme}://{req.host}".lower()
 
 
-def _wants_json() -> bool:
-    return request.is_json or request.accept_mimetypes.best == "application/json" \
-        or "application/json" in (request.headers.get("Accept") or "")
+def _wants_json(req=request) -> bool:
+    return req.is_json or "application/json" in (req.headers.get("Accept") or "") \
+        or req.accept_mimetypes.best == "application/json"
 
 
-def _payload() -> dict:
-    if request.is_json:
-        body = request.get_json(silent=True)
+def _payload(req) -> dict:
+    if req.is_json:
+        body = req.get_json(silent=True)
         if not isinstance(body, dict):
             raise ValidationError("expected a JSON object", {"_": "expected a JSON object"})
         return body
-    return {key: request.form.get(key) for key in request.form.keys() if key is not None}
+    return {key: req.form.get(key) for key in req.form.keys() if key is not None}
 
 
-def _context(data: dict | None = None) -> dict:
+def _context(data: dict | None = None, req=request) -> dict:
     page = (data or {}).get("page")
     if not isinstance(page, str) or urlsplit(page).scheme not in ("http", "https"):
-        page = request.referrer
-    return {"ip": request.remote_addr, "user_agent": (request.user_agent.string or "")[:500],
+        page = req.referrer
+    return {"ip": req.remote_addr, "user_agent": (req.user_agent.string or "")[:500],
             "page_url": (page or "")[:1000] or None}
 
 
@@ -123,18 +128,24 @@ def _message(title_key: str, text_key: str, status: int = 200, lang: str | None 
     return _page("optin/message.html", status, lang=lang, title=t[title_key], text=t[text_key], **extra)
 
 
-@bp.after_request
-def _cors(response: Response):
-    origin = g.pop("cors_origin", None)
-    if request.endpoint == "optin.form_page":
+def _cors_headers(response: Response, origin: str | None, form_page: bool = True) -> Response:
+    """A form page's answer varies with Origin; an allowed site's page may read it."""
+    if form_page:
         response.vary.add("Origin")
-        if origin is None and not g.pop("origin_checked", False) and request.headers.get("Origin"):
-            # The view did not run (rate limited before it): an allowed page must still read the answer.
-            form = db.session.scalar(db.select(Form).where(Form.slug == (request.view_args or {}).get("slug")))
-            origin = _cross_origin_check(form)[1] if form is not None else None
     if origin:
         response.headers["Access-Control-Allow-Origin"] = origin
     return response
+
+
+@bp.after_request
+def _cors(response: Response):
+    origin = g.pop("cors_origin", None)
+    form_page = request.endpoint == "optin.form_page"
+    if form_page and origin is None and not g.pop("origin_checked", False) and request.headers.get("Origin"):
+        # The view did not run (rate limited before it): an allowed page must still read the answer.
+        form = db.session.scalar(db.select(Form).where(Form.slug == (request.view_args or {}).get("slug")))
+        origin = _cross_origin_check(form, request)[1] if form is not None else None
+    return _cors_headers(response, origin, form_page)
 
 
 # --------------------------------------------------------------------------- forms
@@ -179,14 +190,14 @@ def _render_form(form: Form, lang: str, status: int = 200, errors: dict | None =
     return response
 
 
-def _cross_origin_check(form: Form) -> tuple[bool, str | None]:
+def _cross_origin_check(form: Form, req) -> tuple[bool, str | None]:
     """(allowed, cors origin). A browser names the page's origin on cross-origin requests; only
     the form's allowed origins may use it from their pages."""
-    origin = request.headers.get("Origin")
+    origin = req.headers.get("Origin")
     if origin is None:
         return True, None
     origin = origin.lower()
-    if _is_own_origin(origin):
+    if _is_own_origin(origin, req):
         return True, None
     if origin in (form.allowed_origins or []):
         return True, origin
@@ -201,7 +212,7 @@ def form_page(slug: str):
         return _post_signup(slug)
     form = services.form_by_slug(slug)
     g.origin_checked = True
-    allowed, cors = _cross_origin_check(form)
+    allowed, cors = _cross_origin_check(form, request)
     if request.method == "OPTIONS":
         if not allowed:
             return Response(status=403)
@@ -222,81 +233,121 @@ def form_page(slug: str):
     return _render_form(form, lang)
 
 
-class _Throttle:
-    """The signup's one Redis round trip: this IP's windows (every POST counts), the addresses'
-    windows and the forms' version; a form edited since the cached copy was read is FormChanged."""
+class _Signup:
+    """One signup POST's state: the CORS origin once the Origin is checked, and its one Redis round
+    trip as the service's throttle (this IP's windows: every POST counts; the addresses' windows;
+    the forms' version: a form edited since the cached copy was read is FormChanged). Counts are
+    taken once and a refusal is kept, so the Flask route carries on with the state the fast path
+    handed over (HANDOFF) without counting anything twice."""
 
-    def __init__(self, version: int):
-        self.version: int | None = version
+    def __init__(self, ip: str | None):
+        self.ip = ip or "-"
+        self.version: int | None = None  # the forms' version the signup's copy was read at
+        self.cors: str | None = None
         self.ip_counted = False
+        self.retry_after = 0
         self.known: dict = {}
+        self.error: BaseException | None = None  # raised in the fast path: the Flask route raises it again
 
     def __call__(self, pairs: list[tuple[str, str]]) -> dict:
         todo = [pair for pair in pairs if pair not in self.known]
-        if not self.ip_counted or todo:
-            outcome = ratelimit.hit(None if self.ip_counted else (request.remote_addr or "-"), todo)
+        if not self.retry_after and (not self.ip_counted or todo):
+            outcome = ratelimit.hit(None if self.ip_counted else self.ip, todo)
             self.ip_counted = True
-            if outcome.retry_after:
-                raise TooManyRequests("too many signups from this address; try again later",
-                                      retry_after=outcome.retry_after)
-            self.known.update(outcome.allowed)
-            if self.version is not None and outcome.version != self.version:
-                raise services.FormChanged()
+            self.retry_after = outcome.retry_after
+            if not self.retry_after:
+                self.known.update(outcome.allowed)
+                if self.version is not None and outcome.version != self.version:
+                    raise services.FormChanged()
+        if self.retry_after:
+            raise TooManyRequests("too many signups from this address; try again later",
+                                  retry_after=self.retry_after)
         return {pair: self.known[pair] for pair in pairs}
 
 
-def _post_signup(slug: str):
+@dataclass
+class _Outcome:
+    """What a signup POST came to, before any page: "done" (stored, throttled or a bot: one
+    answer), or a refusal: "origin", "csrf", "expired", "invalid" (with the error)."""
+    kind: str
+    form: Form
+    data: dict = field(default_factory=dict)
+    error: ValidationError | None = None
+
+
+def _attempt_signup(slug: str, req, lang: str, state: _Signup, csrf_ok) -> _Outcome:
+    """A signup POST, up to its answer; shared by the Flask route and the fast path. `csrf_ok(value)`
+    checks the hosted page's session token (None: no session here, a refusal)."""
     form, version = services.signup_form(slug)
-    g.origin_checked = True
-    lang = pick_lang()
-    throttle = _Throttle(version)
+    if not state.ip_counted:  # once counted, the state knows the version (None: redone on a fresh copy)
+        state.version = version
     try:
-        return _counted(_signup(form, lang, throttle), throttle)
+        return _signup_outcome(form, req, lang, state, csrf_ok)
     except services.FormChanged:
         # Edited since this process cached it: the signup is redone on the form as it is now
         # (the counts already taken are reused, not taken twice).
         form, _ = services.signup_form(slug, fresh=True)
-        throttle.version = None
-        return _counted(_signup(form, lang, throttle), throttle)
+        state.version = None
+        return _signup_outcome(form, req, lang, state, csrf_ok)
 
 
-def _counted(response, throttle: _Throttle):
-    if not throttle.ip_counted:
-        throttle([])  # nothing stored (bot, refused, invalid): the POST still counts for its IP
-    return response
+def _signup_outcome(form: Form, req, lang: str, state: _Signup, csrf_ok) -> _Outcome:
+    outcome = _signup_checks(form, req, lang, state, csrf_ok)
+    if not state.ip_counted:
+        state([])  # nothing stored (bot, refused, invalid): the POST still counts for its IP
+    return outcome
 
 
-def _signup(form: Form, lang: str, throttle: _Throttle):
-    as_json = _wants_json()
-    t = texts(lang)
-    allowed, cors = _cross_origin_check(form)
+def _signup_checks(form: Form, req, lang: str, state: _Signup, csrf_ok) -> _Outcome:
+    allowed, state.cors = _cross_origin_check(form, req)
     if not allowed:
+        return _Outcome("origin", form)
+    data = _payload(req)
+    if req.headers.get("Origin") is None and not req.is_json and not (csrf_ok and csrf_ok(data.get("_csrf"))):
+        # A plain form post without Origin: only our own page (with its session cookie) may send it.
+        return _Outcome("csrf", form, data)
+    issued = _read_start_token(data.get("_token"), form.id)
+    if issued is not None and time.time() - issued > START_MAX_AGE:
+        return _Outcome("expired", form, data)
+    too_fast = issued is None or time.time() - issued < current_app.config["SIGNUP_MIN_SECONDS"]
+    if data.get("website") or too_fast:
+        return _Outcome("done", form, data)  # a bot: same answer, nothing stored
+    try:
+        services.request_optin(form, data, _context(data, req), lang, throttle=state)
+    except ValidationError as err:
+        return _Outcome("invalid", form, data, err)
+    return _Outcome("done", form, data)
+
+
+def _post_signup(slug: str):
+    state = request.environ.get(HANDOFF) or _Signup(request.remote_addr)
+    g.origin_checked = True
+    lang = pick_lang()
+    try:
+        if state.error is not None:
+            raise state.error
+        outcome = _attempt_signup(slug, request, lang, state, _csrf_ok)
+    finally:
+        g.cors_origin = state.cors
+    form, as_json, t = outcome.form, _wants_json(), texts(lang)
+    if outcome.kind == "done":
+        return _signup_done(form, lang, as_json)
+    if outcome.kind == "origin":
         if as_json:
             return jsonify({"error": "this site may not use this form", "fields": {"Origin": "not allowed"}}), 403
         return _message("error_title", "origin_refused", 403, lang=lang)
-    if cors:
-        g.cors_origin = cors
-    data = _payload()
-    if request.headers.get("Origin") is None and not request.is_json and not _csrf_ok(data.get("_csrf")):
-        # A plain form post without Origin: only our own page (with its session cookie) may send it.
+    if outcome.kind == "csrf":
         if as_json:
             return jsonify({"error": t["session_expired"], "fields": {"_csrf": "missing or invalid"}}), 400
-        return _render_form(form, lang, 400, notice=t["session_expired"], values=data)
-    issued = _read_start_token(data.get("_token"), form.id)
-    if issued is not None and time.time() - issued > START_MAX_AGE:
+        return _render_form(form, lang, 400, notice=t["session_expired"], values=outcome.data)
+    if outcome.kind == "expired":
         if as_json:
             return jsonify({"error": t["session_expired"], "fields": {"_token": "expired: reload the form"}}), 422
-        return _render_form(form, lang, 422, notice=t["session_expired"], values=data)
-    too_fast = issued is None or time.time() - issued < current_app.config["SIGNUP_MIN_SECONDS"]
-    if data.get("website") or too_fast:
-        return _signup_done(form, lang, as_json)  # a bot: same answer, nothing stored
-    try:
-        services.request_optin(form, data, _context(data), lang, throttle=throttle)
-    except ValidationError as err:
-        if as_json:
-            return jsonify({"error": err.message, "fields": err.fields}), 422
-        return _render_form(form, lang, 422, errors=err.fields, values=data, notice=t["form_errors"])
-    return _signup_done(form, lang, as_json)
+        return _render_form(form, lang, 422, notice=t["session_expired"], values=outcome.data)
+    err = outcome.error
+    if as_json:
+        return jsonify({"error": err.message, "fields": err.fields}), 422
+    return _render_form(form, lang, 422, errors=err.fields, values=outcome.data, notice=t["form_errors"])
 
 
 def _signup_done(form: Form, lang: str, as_json: bool):
@@ -468,3 +519,78 @@ def twilio_inbound():
     if reply:
         twiml.message(reply)
     return Response(str(twiml), mimetype="application/xml")
+
+
+# --------------------------------------------------------------------------- the signup fast path
+
+HANDOFF = "envoi.optin.signup"  # environ key: the fast path's _Signup, left to the Flask route
+FAST_BODY_MAX = 64 * 1024
+_FORM_POST = re.compile(r"/forms/([a-z0-9][a-z0-9_-]{0,99})")
+_FAST_TYPES = ("application/x-www-form-urlencoded", "application/json")
+
+
+class SignupFastPath:
+    """WSGI middleware: the signup POST the embed script sends (fetch, JSON answer), answered in
+    front of Flask — its request machinery costs more than the rest of a signup — through the same
+    code as the Flask route (_attempt_signup: origin check, token, honeypot, fill time, the
+    services' validation, rate limits and storage) with the same answer (tests compare them).
+    Anything else goes on to Flask: other methods or paths, an HTML answer, another content type,
+    a large or chunked body, a NUL character, and every outcome but "done"; when something was
+    already counted or raised, the _Signup goes along (HANDOFF) so that nothing is counted twice
+    and the error answer is Flask's."""
+
+    def __init__(self, wsgi_app, flask_app):
+        self.wsgi_app = wsgi_app
+        self.flask_app = flask_app
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path[:7] == "/forms/" and environ.get("REQUEST_METHOD") == "POST":
+            match = _FORM_POST.fullmatch(path)
+            if match is not None:
+                response = self._answer(match.group(1), environ)
+                if response is not None:
+                    return response(environ, start_response)
+        return self.wsgi_app(environ, start_response)
+
+    def _plain_routing(self) -> bool:
+        """/forms/<slug> reaches the route whatever the host (no host checks or matching)."""
+        app = self.flask_app
+        return app.config["TRUSTED_HOSTS"] is None and not app.url_map.host_matching and not app.subdomain_matching
+
+    def _answer(self, slug: str, environ) -> Response | None:
+        content_type = environ.get("CONTENT_TYPE", "")
+        length = environ.get("CONTENT_LENGTH", "")
+        if not (length.isdigit() and 0 < int(length) <= FAST_BODY_MAX) \
+                or content_type.partition(";")[0].strip().lower() not in _FAST_TYPES \
+                or environ.get("HTTP_TRANSFER_ENCODING") or not self._plain_routing():
+            return None
+        body = environ["wsgi.input"].read(int(length))
+        environ["wsgi.input"] = io.BytesIO(body)
+        with self.flask_app.app_context():
+            req = self.flask_app.request_class(environ)
+            try:
+                plain = _wants_json(req) and not nul_fields(req)
+                lang = pick_lang(req=req)
+            except Exception:  # noqa: BLE001 - nothing done yet: Flask reads the request again and answers
+                plain = False
+            if not plain:
+                environ["wsgi.input"] = io.BytesIO(body)
+                return None
+            state = _Signup(req.remote_addr)
+            try:
+                outcome = _attempt_signup(slug, req, lang, state, None)
+            except Exception as err:  # noqa: BLE001 - Flask's error handlers answer it
+                state.error = err
+                outcome = None
+            if outcome is None or outcome.kind != "done":
+                environ["wsgi.input"] = io.BytesIO(body)
+                environ[HANDOFF] = state
+                return None
+            return _cors_headers(_signup_done(outcome.form, lang, True), state.cors)
+
+
+@bp.record_once
+def _mount(state) -> None:
+    """Every app that registers these routes answers the embed's signups through the fast path first."""
+    state.app.wsgi_app = SignupFastPath(state.app.wsgi_app, state.app)
