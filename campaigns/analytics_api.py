@@ -239,8 +239,11 @@ def growth():
 @require("viewer")
 @blp.doc(security=SECURITY, parameters=_RANGE_DOC)
 def funnel():
-    """Opt-in funnel: form views (hosted page, inline, popup; per UTC day), signups, confirmations and
-    the view-to-signup and signup-to-confirmation rates, in total, by form and by source."""
+    """Opt-in funnel: form views, signups, confirmations and their rates, by form and by source.
+
+    Views (hosted page, inline, popup) are counted per UTC day: a day is in the range when it begins
+    in it. `signup_rate` is signups through forms over views; `confirmation_rate` confirmations over
+    signups. CSV tables: by_form, by_source, summary, views_by_source, views_by_day, views_by_form_day."""
     from contacts import kpis
 
     start, end = _range()

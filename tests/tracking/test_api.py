@@ -118,5 +118,10 @@ def test_funnel_shows_form_views_as_json_and_csv(app, ctx, viewer_api):
     assert per_form_day == [{"day": "2026-02-02", "form": "newsletter", "views": "1"}]
     sources = rows(viewer_api.get("/api/v1/analytics/funnel?format=csv&table=views_by_source"))
     assert [(r["source"], r["views"]) for r in sources] == [("hosted", "8"), ("inline", "2"), ("popup", "7")]
+    # The calendar's last hours: no day begins in them, and nothing overflows.
+    last = viewer_api.get("/api/v1/analytics/funnel", query_string={"from": "9999-12-31T10:00:00Z",
+                                                                     "to": "9999-12-31T11:00:00Z"})
+    assert last.status_code == 200 and last.json["views"] == 0
+    assert viewer_api.get("/api/v1/analytics/funnel", query_string={"to": "9999-12-31T11:00:00Z"}).json["views"] == 17
     # The audience report carries the same funnel.
     assert viewer_api.get("/api/v1/analytics/audience").json["funnel"]["views"] == 17
