@@ -14,7 +14,8 @@ Date range: `?from=` and `?to=` (ISO dates or times with an offset; a date means
     GET /analytics/potential          tables: top, summary
     GET /analytics/audience           growth + funnel + unsubscribes + freshness (JSON only)
     GET /analytics/growth             tables: months, summary
-    GET /analytics/funnel             tables: by_form, by_source, summary
+    GET /analytics/funnel             tables: by_form, by_source, summary, views_by_source, views_by_day,
+                                              views_by_form_day
     GET /analytics/unsubscribes       tables: reasons
     GET /analytics/freshness          tables: summary
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import date, datetime, time, timezone
+from operator import itemgetter
 
 from flask import Response, jsonify, request
 from flask_smorest import Blueprint
@@ -251,11 +253,18 @@ def growth():
 @require("viewer")
 @blp.doc(security=SECURITY, parameters=_RANGE_DOC)
 def funnel():
+    """Opt-in funnel: form views, signups, confirmations and their rates, by form and by source.
+
+    Views (hosted page, inline, popup) are counted per UTC day: a day is in the range when it begins
+    in it. `signup_rate` is signups through forms over views; `confirmation_rate` confirmations over
+    signups. CSV tables: by_form, by_source, summary, views_by_source, views_by_day, views_by_form_day."""
     from contacts import kpis
 
     start, end = _range()
-    return _answer(kpis.optin_funnel(start, end), {"by_form": lambda d: d["by_form"],
-                                                   "by_source": lambda d: d["by_source"], "summary": _summary})
+    return _answer(kpis.optin_funnel(start, end), {
+        "by_form": itemgetter("by_form"), "by_source": itemgetter("by_source"), "summary": _summary,
+        "views_by_source": itemgetter("views_by_source"), "views_by_day": itemgetter("views_by_day"),
+        "views_by_form_day": itemgetter("views_by_form_day")})
 
 
 @blp.route("/analytics/unsubscribes")

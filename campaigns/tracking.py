@@ -49,6 +49,7 @@ from campaigns.tracking_models import TrackingDrain
 from envoi import signing
 from envoi.extensions import db
 from envoi.types import utcnow
+from envoi.useragents import is_machine
 
 SALTS = {"open": "envoi.tracking.open.v1", "click": "envoi.tracking.click.v1", "short": "envoi.tracking.short.v1",
          "sms": "envoi.tracking.sms.v2"}
@@ -60,11 +61,6 @@ PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
 _URL = re.compile(r"""https?://[^\s<>"'()\[\]]+[^\s<>"'()\[\].,;:!?]""", re.I)
 _BODY_END = re.compile(r"</body\s*>", re.I)
-_BOT_UA = re.compile(
-    r"bot\b|bot/|crawl|spider|slurp|python-|curl/|wget|go-http|java/|okhttp|libwww|httpclient|headless|phantom"
-    r"|barracuda|mimecast|proofpoint|symantec|messagelabs|forcepoint|trendmicro|sophos|fireeye|ironport"
-    r"|safelinks|linkscan|scanner|preview|facebookexternalhit|whatsapp|slackbot|skypeuripreview",
-    re.I)
 _APPLE = ipaddress.ip_network("17.0.0.0/8")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -366,7 +362,7 @@ def is_bot(user_agent: str | None, ip: str | None, sent_epoch: int | None, now: 
     """Machine, not a person: a scanner or previewer's user agent, an Apple Mail Privacy Protection
     prefetch (opens from Apple's proxies), or a hit within BOT_SECONDS of the sending."""
     ua = (user_agent or "").strip()
-    if not ua or _BOT_UA.search(ua):
+    if is_machine(ua):
         return True
     if sent_epoch is not None and _epoch(now) - sent_epoch < BOT_SECONDS:
         return True

@@ -11,14 +11,14 @@ Portfolio (lifetime aggregates kept on the contact: purchase_count, purchase_tot
     how many customers make 80 % of revenue), small customers with potential (monetary score <= 2 but
     recency >= 4 and frequency >= 3: they come often and lately, and spend little — for now).
 
-Audience (consent events and contacts): subscriber growth per channel and month, the opt-in funnel
-(signups = consent requested, confirmations = consent granted) by form and by source, unsubscribes by
-method, data freshness (share of contacts not updated for 12 months; about 10-12 % of such data goes
+Audience (consent events, contacts and form view counters): subscriber growth per channel and month, the
+opt-in funnel (form views, signups = consent requested, confirmations = consent granted) by form and by
+source, unsubscribes by method, data freshness (share of contacts not updated for 12 months; about 10-12 % of such data goes
 stale a year).
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -28,10 +28,12 @@ from contacts.models import ConsentEvent, Contact, Purchase
 from envoi import parallel
 from envoi.extensions import db
 from envoi.types import utcnow
+from optin.models import VIEW_SOURCES, Form, FormView
 from segments import rfm
 
 P = Purchase.__table__
 CE = ConsentEvent.__table__
+FV = FormView.__table__
 SMALL_WITH_POTENTIAL = {"monetary": {"op": "lte", "value": 2}, "recency": {"op": "gte", "value": 4},
                         "frequency": {"op": "gte", "value": 3}}
 STALE_DAYS = 365
@@ -412,9 +414,11 @@ def subscriber_growth(start: datetime | None = None, end: datetime | None = None
 
 
 def optin_funnel(start: datetime | None = None, end: datetime | None = None) -> dict:
-    """Signups (consent requested) and confirmations (consent granted), by form and by source.
+    """Form views, signups (consent requested) and confirmations (consent granted), by form and by source.
     Hosted forms record their source as "form:<slug>": that is the form; the source of the others
-    is what the import, the API or the SMS keyword said (and "form" for all forms together)."""
+    is what the import, the API or the SMS keyword said (and "form" for all forms together).
+    Views are counted per UTC day (see form_views): a day is in [start, end) when it begins in it.
+    A form's views are filed under its slug today, its signups under the slug they were made on."""
     from_form = CE.c.source.like("form:%")
     form = sa.case((from_form, sa.func.substr(CE.c.source, 6)), else_=None)
     source = sa.case((from_form, "form"), else_=CE.c.source)
@@ -433,9 +437,60 @@ def optin_funnel(start: datetime | None = None, end: datetime | None = None) -> 
     signups, confirmations = db.session.execute(sa.select(
         sa.func.count().filter(CE.c.kind == "requested"), sa.func.count().filter(CE.c.kind == "granted"))
         .where(*base)).one()
+    views = _view_counts(start, end)
+    by_form = {r["form"]: r for r in by(form, "form") if r["form"]}
+    for slug in views["by_form"].keys() - by_form.keys():
+        by_form[slug] = {"form": slug, "signups": 0, "confirmations": 0, "confirmation_rate": None}
+    for slug, row in by_form.items():
+        seen = views["by_form"].get(slug, {})
+        row["views"] = sum(seen.values())
+        row.update({f"views_{s}": seen.get(s, 0) for s in VIEW_SOURCES})
+        row["signup_rate"] = ratio(row["signups"], row["views"])
+    form_signups = sum(r["signups"] for r in by_form.values())
     return {"from": start.isoformat() if start else None, "to": end.isoformat() if end else None,
             "signups": signups, "confirmations": confirmations, "confirmation_rate": ratio(confirmations, signups),
-            "by_form": [r for r in by(form, "form") if r["form"]], "by_source": by(source, "source")}
+            "views": views["total"], "form_signups": form_signups, "signup_rate": ratio(form_signups, views["total"]),
+            "by_form": [by_form[k] for k in sorted(by_form)], "by_source": by(source, "source"),
+            "views_by_source": [{"source": s, "views": views["by_source"].get(s, 0)} for s in VIEW_SOURCES],
+            "views_by_day": views["by_day"], "views_by_form_day": views["by_form_day"]}
+
+
+def _day_on_or_after(moment: datetime) -> date | None:
+    """The first UTC day that begins at or after `moment` (None past the calendar's end)."""
+    moment = moment.astimezone(timezone.utc)
+    day = moment.date()
+    if moment == datetime.combine(day, time(), tzinfo=timezone.utc):
+        return day
+    try:
+        return day + timedelta(days=1)
+    except OverflowError:
+        return None
+
+
+def _view_counts(start: datetime | None = None, end: datetime | None = None) -> dict:
+    """The form view counters over the days that begin in [start, end): total, per form (slug) and
+    source, per day, per day and form. Three aggregates."""
+    days = []
+    if start is not None:
+        first = _day_on_or_after(start)
+        days.append(FV.c.day >= first if first is not None else sa.false())
+    if end is not None and (last := _day_on_or_after(end)) is not None:
+        days.append(FV.c.day < last)
+    views = sa.func.sum(FV.c.views)
+    joined = FV.join(Form.__table__, Form.__table__.c.id == FV.c.form_id)
+    slug = Form.__table__.c.slug
+    per_form: dict = {}
+    by_source: dict = {}
+    for name, src, n in db.session.execute(sa.select(slug, FV.c.source, views).select_from(joined).where(*days)
+                                           .group_by(slug, FV.c.source)):
+        per_form.setdefault(name, {})[src] = int(n)
+        by_source[src] = by_source.get(src, 0) + int(n)
+    by_day = db.session.execute(sa.select(FV.c.day, views).where(*days).group_by(FV.c.day).order_by(FV.c.day)).all()
+    by_form_day = db.session.execute(sa.select(FV.c.day, slug, views).select_from(joined).where(*days)
+                                     .group_by(FV.c.day, slug).order_by(FV.c.day, slug)).all()
+    return {"total": sum(by_source.values()), "by_form": per_form, "by_source": by_source,
+            "by_day": [{"day": d.isoformat(), "views": int(n)} for d, n in by_day],
+            "by_form_day": [{"day": d.isoformat(), "form": f, "views": int(n)} for d, f, n in by_form_day]}
 
 
 def unsubscribe_reasons(start: datetime | None = None, end: datetime | None = None) -> dict:

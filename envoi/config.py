@@ -175,6 +175,7 @@ def load_config(env: dict | None = None) -> dict:
         "OPTIN_PENDING_DAYS": _int(env, "ENVOI_OPTIN_PENDING_DAYS", 30, minimum=1),
         "SIGNUP_RATE_PER_IP": _rate(env, "ENVOI_SIGNUP_RATE_PER_IP", "30/minute;300/hour"),
         "SIGNUP_RATE_PER_ADDRESS": _rate(env, "ENVOI_SIGNUP_RATE_PER_ADDRESS", "1/10minutes"),
+        "FORM_VIEW_RATE_PER_IP": _rate(env, "ENVOI_FORM_VIEW_RATE_PER_IP", "60/minute;600/hour"),
         "SIGNUP_MIN_SECONDS": _float(env, "ENVOI_SIGNUP_MIN_SECONDS", 2.0, maximum=600),
         # Campaigns.
         "UNSUBSCRIBE_MAILTO": env.get("ENVOI_UNSUBSCRIBE_MAILTO") or None,

@@ -1,7 +1,7 @@
 """Signup forms: what a form collects, for which channels and topics, with which consent text."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -35,3 +35,19 @@ class Form(db.Model):
     popup: Mapped[dict] = mapped_column(Json, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+EMBED_SOURCES = ("inline", "popup")  # how the embed script showed the form
+VIEW_SOURCES = ("hosted", *EMBED_SOURCES)
+
+
+class FormView(db.Model):
+    """How many times a form was shown on a UTC day, and where: the hosted page, or the embed script
+    inline or as a popup. Counters only: nothing about the visitor is kept."""
+
+    __tablename__ = "form_views"
+
+    form_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("forms.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    source: Mapped[str] = mapped_column(sa.String(10), primary_key=True)
+    views: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")

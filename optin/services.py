@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import timedelta
+from datetime import date, timedelta
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -24,7 +24,7 @@ from envoi.tasks import enqueue_after_commit
 from envoi.types import utcnow
 from optin import ratelimit, tokens
 from optin.i18n import DEFAULT_LANG, LANGS, lang_of, texts
-from optin.models import POPUP_TRIGGERS, Form
+from optin.models import POPUP_TRIGGERS, VIEW_SOURCES, Form, FormView
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +341,39 @@ def list_forms(after: int | None, limit: int) -> tuple[list[Form], int | None]:
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (rows[-1].id if more and rows else None)
+
+
+# --------------------------------------------------------------------------- form views
+
+_VIEW_STATEMENTS: dict = {}
+
+
+def _view_statement(dialect: str):
+    """INSERT ... ON CONFLICT (form, day, source) DO UPDATE SET views = views + 1, built once per dialect."""
+    stmt = _VIEW_STATEMENTS.get(dialect)
+    if stmt is None:
+        table = FormView.__table__
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = insert(table).values(form_id=sa.bindparam("form_id", type_=table.c.form_id.type),
+                                    day=sa.bindparam("day", type_=table.c.day.type),
+                                    source=sa.bindparam("source", type_=table.c.source.type), views=1)
+        stmt = _VIEW_STATEMENTS[dialect] = stmt.on_conflict_do_update(
+            index_elements=[table.c.form_id, table.c.day, table.c.source], set_={"views": table.c.views + 1})
+    return stmt
+
+
+def record_view(form_id: int, source: str, day: date | None = None) -> None:
+    """Count one showing of a form on `day` (default: today, UTC) from `source` (hosted, inline or
+    popup): one statement, its own transaction. Nothing about the visitor is stored."""
+    if source not in VIEW_SOURCES:
+        raise ValidationError("unknown view source", {"source": f"expected one of {', '.join(VIEW_SOURCES)}"})
+    stmt = _view_statement(db.session.get_bind().dialect.name)
+    try:
+        db.session.execute(stmt, {"form_id": form_id, "day": day or utcnow().date(), "source": source})
+        db.session.commit()
+    except IntegrityError:  # the form was deleted since it was read
+        db.session.rollback()
+        raise NotFound("no such form") from None
 
 
 # --------------------------------------------------------------------------- signup

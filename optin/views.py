@@ -20,9 +20,10 @@ from werkzeug.exceptions import TooManyRequests
 from contacts.models import AttributeDefinition
 from envoi.errors import NotFound, ValidationError, nul_fields
 from envoi.extensions import db, limiter
+from envoi.useragents import is_machine
 from optin import ratelimit, services, tokens
 from optin.i18n import lang_of, pick_lang, texts
-from optin.models import Form
+from optin.models import EMBED_SOURCES, Form
 
 bp = Blueprint("optin", __name__)
 
@@ -38,6 +39,10 @@ AUTOCOMPLETE = {"email": "email", "phone": "tel", "first_name": "given-name", "l
 
 def _ip_rate() -> str:
     return current_app.config["SIGNUP_RATE_PER_IP"]
+
+
+def _view_rate() -> str:
+    return current_app.config["FORM_VIEW_RATE_PER_IP"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -229,8 +234,36 @@ def form_page(slug: str):
             g.cors_origin = cors
         response = jsonify(_form_json(form, lang))
         response.headers["Cache-Control"] = "no-store"
-        return response
-    return _render_form(form, lang)
+        return response  # the embed script loading: not a view (it counts one when it shows the form)
+    response = _render_form(form, lang)
+    if request.method == "GET" and _seen_by_a_person():
+        services.record_view(form.id, "hosted")
+    return response
+
+
+def _seen_by_a_person() -> bool:
+    """Not a machine's user agent, nor a browser's speculative prefetch of the page."""
+    purpose = " ".join(request.headers.get(h, "") for h in ("Sec-Purpose", "Purpose", "X-Moz"))
+    return "prefetch" not in purpose.lower() and not is_machine(request.user_agent.string)
+
+
+@bp.post("/forms/<slug>/views")
+@limiter.limit(_view_rate, error_message="too many requests from this address; try again later")
+def form_viewed(slug: str):
+    """The embed script's beacon: it showed the form (`source=inline`, or `popup` when the popup
+    opened). Only from the form's allowed origins (a browser always names the page's origin on
+    such a POST); counted unless a machine sent it; 204, no cookie, nothing about the visitor kept."""
+    form, _ = services.signup_form(slug)  # the signup's per-process copy: no read for most beacons
+    allowed, cors = _cross_origin_check(form)
+    if not allowed or request.headers.get("Origin") is None:
+        return jsonify({"error": "this site may not use this form", "fields": {"Origin": "not allowed"}}), 403
+    g.cors_origin = cors
+    source = request.form.get("source")
+    if source not in EMBED_SOURCES:
+        raise ValidationError("invalid view", {"source": f"expected one of {', '.join(EMBED_SOURCES)}"})
+    if _seen_by_a_person():
+        services.record_view(form.id, source)
+    return Response(status=204)
 
 
 class _Signup:

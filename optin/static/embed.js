@@ -51,6 +51,19 @@
   // inline | waiting | open | closed | capped | signed-up | error.
   function mark(state) { script.setAttribute("data-envoi-state", state); }
 
+  // One view a page load, counted when the form is shown (inline, or the popup opening), not when
+  // the script loads. A simple CORS POST (no preflight), no cookie; its answer is not read.
+  var viewCounted = false;
+  function countView(source) {
+    if (viewCounted) { return; }
+    viewCounted = true;
+    try {
+      fetch(formUrl + "/views", { method: "POST", mode: "cors", credentials: "omit", keepalive: true,
+                                  body: new URLSearchParams({ source: source }) })
+        .catch(function () { /* a lost view is not worth the visitor's attention */ });
+    } catch (e) { /* old browser: no count */ }
+  }
+
   function readState() {
     try { return JSON.parse(window.localStorage.getItem(storageKey) || "{}") || {}; } catch (e) { return {}; }
   }
@@ -201,6 +214,7 @@
       else if (script.parentNode && document.body && document.body.contains(script)) { script.parentNode.insertBefore(host, script); }
       else { document.body.appendChild(host); }
       mark("inline");
+      countView("inline");
       return;
     }
 
@@ -229,6 +243,7 @@
       if (firstInput) { firstInput.focus(); }
       host.setAttribute("data-envoi-open", "");
       mark("open");
+      countView("popup");
     }
     function onClose() {
       host.removeAttribute("data-envoi-open");

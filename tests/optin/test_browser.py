@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
 import sqlalchemy as sa
 from playwright.sync_api import expect
 
@@ -48,9 +49,40 @@ def next_frame(page) -> None:
     page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
+@pytest.fixture
+def person_page(chromium):
+    """A page whose browser names itself as a person's does: headless chromium's user agent says
+    HeadlessChrome, and form views are not counted for a headless browser."""
+    ua = (f"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{chromium.version} "
+          "Safari/537.36")
+    context = chromium.new_context(locale="en-GB", user_agent=ua)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    yield page
+    context.close()
+
+
+def views_of(app, slug: str, source: str, expected: int) -> int:
+    """The form's views from `source`, once they reach `expected` (the beacon is sent asynchronously)
+    or after 5 s."""
+    from envoi.extensions import db
+    from optin.models import Form, FormView
+
+    deadline = time.monotonic() + 5
+    while True:
+        with app.app_context():
+            n = db.session.scalar(sa.select(sa.func.coalesce(sa.func.sum(FormView.views), 0))
+                                  .join(Form, Form.id == FormView.form_id)
+                                  .where(Form.slug == slug, FormView.source == source))
+            db.session.remove()
+        if n >= expected or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
+
+
 def test_delay_popup_is_an_accessible_dialog_capped_for_frequency_days_after_a_close(
-        api, live_server, host_site, browser_page):
-    page = browser_page
+        api, app, live_server, host_site, person_page):
+    page = person_page
     make_form(api, "delayed", host_site, trigger="delay", delay_seconds=5, frequency_days=7)
     url = host_page(host_site, live_server, "delayed", body="<button id='outside'>Buy</button>")
     page.clock.install()
@@ -60,10 +92,12 @@ def test_delay_popup_is_an_accessible_dialog_capped_for_frequency_days_after_a_c
     page.clock.run_for(4_000)
     next_frame(page)
     expect(state_of(page, "delayed")).to_have_attribute("data-envoi-state", "waiting")
+    assert views_of(app, "delayed", "popup", 0) == 0  # loaded and waiting: not a view yet
     page.clock.run_for(1_500)
     dialog = page.get_by_role("dialog", name="News from delayed")
     expect(dialog).to_be_visible()
     expect(state_of(page, "delayed")).to_have_attribute("data-envoi-state", "open")
+    assert views_of(app, "delayed", "popup", 1) == 1  # shown: one view
     # Labelled inputs, focus inside the dialog, a named close button.
     expect(dialog.get_by_label("Email")).to_be_focused()
     expect(dialog.get_by_label("First name")).to_be_visible()
@@ -95,6 +129,8 @@ def test_delay_popup_is_an_accessible_dialog_capped_for_frequency_days_after_a_c
     dialog.get_by_role("button", name="Close").click()
     expect(dialog).to_be_hidden()
     expect(state_of(page, "delayed")).to_have_attribute("data-envoi-state", "closed")
+    # Four page loads, the popup shown in two: two views (the capped loads counted none).
+    assert views_of(app, "delayed", "popup", 2) == 2
 
 
 def test_exit_intent_and_scroll_depth_open_their_popups(api, live_server, host_site, browser_page):
@@ -160,14 +196,15 @@ def test_host_page_styles_do_not_reach_the_popup_and_ours_do_not_leak(
     dialog.screenshot(path=str(artifacts_dir / "embed-popup-dialog.png"))
 
 
-def test_inline_form_goes_in_its_placeholder(api, live_server, host_site, browser_page):
-    page = browser_page
+def test_inline_form_goes_in_its_placeholder(api, app, live_server, host_site, person_page):
+    page = person_page
     make_form(api, "inline", host_site, trigger="inline")
     page.goto(host_page(host_site, live_server, "inline",
                         body="<main><p>Before</p><div id='slot' data-envoi-form='inline'></div><p>After</p></main>"))
     expect(state_of(page, "inline")).to_have_attribute("data-envoi-state", "inline")
     expect(page.locator("#slot envoi-form input[name=email]")).to_be_visible()
     expect(page.get_by_role("dialog")).to_have_count(0)
+    assert views_of(app, "inline", "inline", 1) == 1
 
 
 def test_signup_from_the_popup_then_the_emailed_link_confirms(
@@ -222,3 +259,26 @@ def test_signup_from_the_popup_then_the_emailed_link_confirms(
     page.goto(url)
     expect(state_of(page, "signup")).to_have_attribute("data-envoi-state", "signed-up")
     expect(popup(page, "signup")).to_have_count(0)
+
+
+def test_the_admin_popup_preview_is_no_view_of_the_form(api, app, live_server, host_site, person_page):
+    from envoi.auth.services import create_user
+    from tests.admin.conftest import PASSWORD
+
+    page = person_page
+    form = make_form(api, "previewed", host_site, trigger="delay", delay_seconds=0)
+    with app.app_context():
+        create_user("marketer@example.org", "marketer", PASSWORD)
+    page.goto(live_server.url + "/admin/login")
+    page.get_by_label("Email").fill("marketer@example.org")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+    page.goto(f"{live_server.url}/admin/forms/{form['id']}/popup-preview")  # the saved form's real embed script
+    expect(page.get_by_role("dialog", name="News from previewed")).to_be_visible()
+    # Then a visitor of the site sees it: that one is counted, and it is the only one.
+    page.goto(host_page(host_site, live_server, "previewed"))
+    expect(page.get_by_role("dialog", name="News from previewed")).to_be_visible()
+    assert views_of(app, "previewed", "popup", 1) == 1
+    next_frame(page)
+    assert views_of(app, "previewed", "popup", 1) == 1

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from tests.tracking.test_kpis import portfolio_customers
+from tests.tracking.test_kpis import funnel_dataset, portfolio_customers
 from tests.tracking.test_reports import U1, build, h
 
 ENDPOINTS = ["campaigns", "customers", "portfolio", "rfm", "pareto", "potential", "lookalikes", "audience", "growth",
@@ -106,3 +106,33 @@ def test_lookalikes_as_json_and_csv(app, ctx, viewer_api):
     profile = rows(viewer_api.get("/api/v1/analytics/lookalikes?format=csv&table=profile"))
     assert [(r["field"], r["value"], r["big_customers"]) for r in profile] == [
         ("sector", "retail", "5"), ("headcount", "250+", "5"), ("age", "35-49", "5")]
+
+
+def test_funnel_shows_form_views_as_json_and_csv(app, ctx, viewer_api):
+    funnel_dataset()
+    funnel = viewer_api.get("/api/v1/analytics/funnel", query_string={"from": "2026-01-10", "to": "2026-02-01"}).json
+    # The keys API consumers had are all still there, with the views added beside them.
+    assert {"from", "to", "signups", "confirmations", "confirmation_rate", "by_form", "by_source"} <= funnel.keys()
+    assert (funnel["views"], funnel["form_signups"], funnel["signup_rate"]) == (13, 4, 0.3077)
+    assert [(r["form"], r["views"], r["signups"], r["signup_rate"]) for r in funnel["by_form"]] == [
+        ("newsletter", 7, 3, 0.4286), ("promo", 4, 1, 0.25), ("quiet", 2, 0, 0.0)]
+
+    by_form = rows(viewer_api.get("/api/v1/analytics/funnel?format=csv&table=by_form"))
+    assert [(r["form"], r["views"], r["views_popup"], r["signups"], r["signup_rate"]) for r in by_form] == [
+        ("newsletter", "11", "5", "3", "0.2727"), ("promo", "4", "0", "1", "0.25"), ("quiet", "2", "2", "0", "0.0")]
+    summary = {r["metric"]: r["value"] for r in rows(viewer_api.get("/api/v1/analytics/funnel?format=csv&table=summary"))}
+    assert (summary["views"], summary["form_signups"], summary["signup_rate"], summary["signups"]) == (
+        "17", "4", "0.2353", "4")
+    days = rows(viewer_api.get("/api/v1/analytics/funnel?format=csv&table=views_by_day&to=2026-01-11"))
+    assert days == [{"day": "2026-01-09", "views": "3"}, {"day": "2026-01-10", "views": "9"}]
+    per_form_day = rows(viewer_api.get("/api/v1/analytics/funnel?format=csv&table=views_by_form_day&from=2026-02-01"))
+    assert per_form_day == [{"day": "2026-02-02", "form": "newsletter", "views": "1"}]
+    sources = rows(viewer_api.get("/api/v1/analytics/funnel?format=csv&table=views_by_source"))
+    assert [(r["source"], r["views"]) for r in sources] == [("hosted", "8"), ("inline", "2"), ("popup", "7")]
+    # The calendar's last hours: no day begins in them, and nothing overflows.
+    last = viewer_api.get("/api/v1/analytics/funnel", query_string={"from": "9999-12-31T10:00:00Z",
+                                                                     "to": "9999-12-31T11:00:00Z"})
+    assert last.status_code == 200 and last.json["views"] == 0
+    assert viewer_api.get("/api/v1/analytics/funnel", query_string={"to": "9999-12-31T11:00:00Z"}).json["views"] == 17
+    # The audience report carries the same funnel.
+    assert viewer_api.get("/api/v1/analytics/audience").json["funnel"]["views"] == 17

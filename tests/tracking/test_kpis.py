@@ -258,3 +258,80 @@ def test_no_lookalikes_when_the_big_customers_look_like_everyone(app, ctx):
     db.session.commit()
     got = kpis.lookalikes(today=LOOKALIKE_TODAY)
     assert (got["big_customers"], got["profile"], got["customers"], got["rule"], got["top"]) == (5, [], 0, None, [])
+
+
+def funnel_dataset() -> dict:
+    """Three forms; views per day and source; signups and confirmations on two of them."""
+    from datetime import date
+
+    from optin import services
+    from optin.models import Form
+
+    forms = {}
+    for slug in ("newsletter", "promo", "quiet"):
+        form = Form(slug=slug, title=slug, fields=["email"], channels=["email"])
+        db.session.add(form)
+        db.session.flush()
+        forms[slug] = form.id
+    db.session.commit()
+    views = [("newsletter", "2026-01-09", "hosted", 3), ("newsletter", "2026-01-10", "popup", 5),
+             ("newsletter", "2026-01-10", "inline", 2), ("promo", "2026-01-12", "hosted", 4),
+             ("quiet", "2026-01-10", "popup", 2), ("newsletter", "2026-02-02", "hosted", 1)]
+    for slug, day, source, n in views:
+        for _ in range(n):
+            services.record_view(forms[slug], source, date.fromisoformat(day))
+    c = {i: contact(i) for i in range(1, 6)}
+
+    def consent(i, kind, source, when):
+        db.session.add(ConsentEvent(contact_id=c[i], channel="email", kind=kind, method="form", source=source,
+                                    recorded_at=at(when), data={}))
+
+    for i in (1, 2, 3):
+        consent(i, "requested", "form:newsletter", "2026-01-10")
+    for i in (1, 2):
+        consent(i, "granted", "form:newsletter", "2026-01-11")
+    consent(4, "requested", "form:promo", "2026-01-12")
+    consent(5, "granted", "salon-2025", "2026-01-13")
+    db.session.commit()
+    return forms
+
+
+def test_funnel_views_signups_and_confirmations_by_form(app, ctx):
+    funnel_dataset()
+    funnel = kpis.optin_funnel()
+    # Views: newsletter 3 + 5 + 2 + 1 = 11 (hosted 4, inline 2, popup 5), promo 4, quiet 2: 17.
+    # Form signups: newsletter 3, promo 1 -> 4 of 17 views; the import's confirmation is no form's.
+    assert {k: funnel[k] for k in ("signups", "confirmations", "confirmation_rate", "views", "form_signups",
+                                   "signup_rate")} == {
+        "signups": 4, "confirmations": 3, "confirmation_rate": 0.75, "views": 17, "form_signups": 4,
+        "signup_rate": 0.2353}
+    assert funnel["by_form"] == [
+        {"form": "newsletter", "signups": 3, "confirmations": 2, "confirmation_rate": 0.6667, "views": 11,
+         "views_hosted": 4, "views_inline": 2, "views_popup": 5, "signup_rate": 0.2727},
+        {"form": "promo", "signups": 1, "confirmations": 0, "confirmation_rate": 0.0, "views": 4,
+         "views_hosted": 4, "views_inline": 0, "views_popup": 0, "signup_rate": 0.25},
+        {"form": "quiet", "signups": 0, "confirmations": 0, "confirmation_rate": None, "views": 2,
+         "views_hosted": 0, "views_inline": 0, "views_popup": 2, "signup_rate": 0.0}]
+    assert [(r["source"], r["signups"], r["confirmations"]) for r in funnel["by_source"]] == [
+        ("form", 4, 2), ("salon-2025", 0, 1)]
+    assert funnel["views_by_source"] == [{"source": "hosted", "views": 8}, {"source": "inline", "views": 2},
+                                         {"source": "popup", "views": 7}]
+    assert funnel["views_by_day"] == [{"day": "2026-01-09", "views": 3}, {"day": "2026-01-10", "views": 9},
+                                      {"day": "2026-01-12", "views": 4}, {"day": "2026-02-02", "views": 1}]
+    assert [(r["day"], r["form"], r["views"]) for r in funnel["views_by_form_day"]] == [
+        ("2026-01-09", "newsletter", 3), ("2026-01-10", "newsletter", 7), ("2026-01-10", "quiet", 2),
+        ("2026-01-12", "promo", 4), ("2026-02-02", "newsletter", 1)]
+
+    # January from the 10th: the 9th's and February's views are out; the signups all in.
+    january = kpis.optin_funnel(at("2026-01-10"), at("2026-02-01"))
+    assert (january["views"], january["form_signups"], january["signup_rate"]) == (13, 4, 0.3077)
+    assert [(r["form"], r["views"], r["signups"], r["signup_rate"]) for r in january["by_form"]] == [
+        ("newsletter", 7, 3, 0.4286), ("promo", 4, 1, 0.25), ("quiet", 2, 0, 0.0)]
+    # Views are per UTC day: a day is in the range when it begins in it (the 10th and the 11th here).
+    partial = kpis.optin_funnel(at("2026-01-09 12:00"), at("2026-01-11 06:00"))
+    assert (partial["views"], [d["day"] for d in partial["views_by_day"]]) == (9, ["2026-01-10"])
+    assert [(r["form"], r["views"], r["signups"], r["confirmations"]) for r in partial["by_form"]] == [
+        ("newsletter", 7, 3, 2), ("quiet", 2, 0, 0)]
+    # Nothing in the range: no views, no rate.
+    empty = kpis.optin_funnel(at("2025-01-01"), at("2025-02-01"))
+    assert (empty["views"], empty["signup_rate"], empty["by_form"], empty["views_by_day"]) == (0, None, [], [])
