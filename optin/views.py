@@ -254,7 +254,7 @@ def form_viewed(slug: str):
     opened). Only from the form's allowed origins (a browser always names the page's origin on
     such a POST); counted unless a machine sent it; 204, no cookie, nothing about the visitor kept."""
     form, _ = services.signup_form(slug)  # the signup's per-process copy: no read for most beacons
-    allowed, cors = _cross_origin_check(form)
+    allowed, cors = _cross_origin_check(form, request)
     if not allowed or request.headers.get("Origin") is None:
         return jsonify({"error": "this site may not use this form", "fields": {"Origin": "not allowed"}}), 403
     g.cors_origin = cors
