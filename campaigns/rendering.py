@@ -639,7 +639,8 @@ def _text_part(content: str, subtype: str, qp: QPLines | None = None) -> EmailMe
                      ("Content-Transfer-Encoding", "quoted-printable")]
     if not content.endswith("\n"):
         content += "\n"
-    content = content.replace("\r\n", "\n").replace("\r", "\n")
+    if "\r" in content:  # (the two replaces cost ~10 us on a 10 kB body even when there is no CR)
+        content = content.replace("\r\n", "\n").replace("\r", "\n")
     if qp is not None:
         encoded = qp.encode(content)
     else:
