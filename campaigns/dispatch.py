@@ -27,7 +27,7 @@ from campaigns.models import Campaign, Delivery
 from contacts.models import Contact, ContactTopic
 from envoi.errors import Conflict, NotFound, ValidationError
 from envoi.extensions import db
-from envoi.types import utcnow
+from envoi.types import UTCDateTime, in_values, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +92,31 @@ class _Progress:
     def __init__(self, campaign_id: int):
         self.key, self.touched, self.pending = _progress_key(campaign_id), [], {}
         self._conn, self._row = None, None
+        self._held = None  # one pooled connection for the whole batch (not taken and given back per message)
+
+    def _connection(self):
+        if self._held is None:
+            self._held = _redis().connection_pool.get_connection()
+        return self._held
+
+    def _lose(self) -> None:
+        """The held connection failed: closed and given back; the next mark takes a fresh one."""
+        conn, self._held = self._held, None
+        if conn is not None:
+            conn.disconnect()
+            _redis().connection_pool.release(conn)
 
     def begin(self, row_id: int) -> None:
         """Send the marks; raises (nothing sent) when Redis cannot be written to."""
         self.settle()  # the previous message's answer, when its send stopped before the hook
-        pool = _redis().connection_pool
-        conn = pool.get_connection()
+        conn = self._connection()
         commands = [("HSET", self.key, *[x for pair in {**self.pending, row_id: "a"}.items() for x in pair])]
         if not self.touched:
             commands.append(("EXPIRE", self.key, 7 * 86400))
         try:
             conn.send_packed_command(conn.pack_commands(commands))
         except BaseException:
-            conn.disconnect()
-            pool.release(conn)
+            self._lose()
             raise
         self._conn, self._row, self._answers = conn, row_id, len(commands)
 
@@ -118,10 +129,8 @@ class _Progress:
             for _ in range(self._answers):
                 conn.read_response()
         except Exception as err:  # noqa: BLE001  (connection lost, an error reply)
-            conn.disconnect()
+            self._lose()
             raise _MarkFailed(f"progress mark failed: {err}") from None
-        finally:
-            _redis().connection_pool.release(conn)
         self.pending = {}
         self.touched.append(self._row)
 
@@ -135,9 +144,16 @@ class _Progress:
     def sent(self, row_id: int, sent_at: datetime, provider_id: str | None) -> None:
         self.pending[row_id] = f"s {sent_at.isoformat()} {provider_id or ''}".rstrip()
 
+    def release(self) -> None:
+        """The batch is over: the last answer read, the held connection given back to the pool."""
+        self.settle()
+        conn, self._held = self._held, None
+        if conn is not None:
+            _redis().connection_pool.release(conn)
+
     def clear(self) -> None:
         """After the batch's results are committed, the marks have served."""
-        self.settle()
+        self.release()
         if self.touched:
             try:
                 _redis().hdel(self.key, *self.touched)
@@ -448,7 +464,8 @@ def _recheck(campaign: Campaign, contact_ids: list[int]) -> tuple[dict, set, set
         query = sa.select(Contact, ContactTopic.subscribed).outerjoin(ContactTopic, sa.and_(
             ContactTopic.contact_id == Contact.id, ContactTopic.topic_id == campaign.topic_id))
     contacts, unsubscribed = {}, set()
-    for row in db.session.execute(query.where(Contact.id.in_(contact_ids))):
+    dialect = db.session.get_bind().dialect.name
+    for row in db.session.execute(query.where(in_values(Contact.id, contact_ids, dialect))):
         contacts[row[0].id] = row[0]
         if campaign.topic_id is not None and not row[1]:
             unsubscribed.add(row[0].id)
@@ -507,6 +524,7 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
     retry_at: list[tuple[int, datetime]] = []
     failures, last_error, attempted, done = 0, None, 0, 0
     channel, wait_until, stopped_early = None, None, False
+    progress = None
     try:
         campaign = db.session.get(Campaign, campaign_id)
         channel = campaign.channel
@@ -632,8 +650,13 @@ def deliver_batch(campaign_id: int, lo: int, hi: int) -> dict:
                 if wait_until is not None:
                     retry_at.append((row.id, wait_until))
         db.session.rollback()  # nothing pending but reads
-        _record(campaign_id, channel if results else None, results, events, contact_status)
-        if channel is not None:
+        try:
+            _record(campaign_id, channel if results else None, results, events, contact_status)
+        except BaseException:
+            if progress is not None:
+                progress.release()  # the marks stay: the rows are settled from them after the lease
+            raise
+        if progress is not None:
             progress.clear()
     _after_batch(campaign_id, rows, retry_at, failures, attempted, last_error, hi, stopped_early)
     return outcome
@@ -656,6 +679,16 @@ FROM unnest(CAST(:b_id AS bigint[]), CAST(:b_lease AS timestamptz[]), CAST(:stat
 WHERE d.id = v.id AND d.lease_until = v.lease
 """)
 
+# The batch's events (what segments.models.insert_events writes, the same columns and values) as one
+# statement of two arrays: its text is the same for every batch (a 200-row VALUES list is parsed
+# by psycopg and planned by PostgreSQL anew each time).
+_PG_EVENTS = sa.text("""
+INSERT INTO message_events (contact_id, campaign_id, channel, kind, occurred_at, is_bot, data)
+SELECT v.contact_id, :campaign_id, :channel, v.kind, :at, false, '{}'::jsonb
+FROM unnest(CAST(:contact_id AS bigint[]), CAST(:kind AS text[])) WITH ORDINALITY AS v(contact_id, kind, n)
+ORDER BY v.n
+""").bindparams(sa.bindparam("at", type_=UTCDateTime()))
+
 
 def _record(campaign_id: int, channel: str | None, results: list[dict], events: list[dict],
             contact_status: dict) -> None:
@@ -663,7 +696,8 @@ def _record(campaign_id: int, channel: str | None, results: list[dict], events: 
     from segments.models import insert_events
 
     now = utcnow()
-    if results and db.session.get_bind().dialect.name == "postgresql":
+    postgres = db.session.get_bind().dialect.name == "postgresql"
+    if results and postgres:
         # One statement for the batch (one plan, one round trip) instead of one UPDATE per row.
         columns = {key: [r[key] for r in results] for key in _RESULT_KEYS}
         db.session.execute(_PG_RECORD, {**columns, "now": now})
@@ -676,7 +710,11 @@ def _record(campaign_id: int, channel: str | None, results: list[dict], events: 
                         error=sa.bindparam("error"), error_code=sa.bindparam("error_code"),
                         next_attempt_at=sa.bindparam("next_attempt_at"), lease_until=None, updated_at=now))
         db.session.execute(stmt, results)
-    if events:
+    if events and postgres:
+        db.session.execute(_PG_EVENTS, {"contact_id": [e["contact_id"] for e in events],
+                                        "kind": [e["kind"] for e in events], "campaign_id": campaign_id,
+                                        "channel": channel, "at": now})
+    elif events:
         insert_events(db.session.connection(), [
             {"contact_id": e["contact_id"], "campaign_id": campaign_id, "channel": channel, "kind": e["kind"],
              "occurred_at": now, "is_bot": False, "data": {}} for e in events])

@@ -17,7 +17,7 @@ from contacts.validation import (clean_contact, clean_tags, normalise_email, nor
                                  parse_datetime)
 from envoi import MAX_ID
 from envoi.extensions import db
-from envoi.types import utcnow
+from envoi.types import in_values, utcnow
 
 # Statuses after which only a consent given later may confirm again.
 OPTED_OUT = {"unsubscribed", "bounced", "complained", "invalid"}
@@ -114,7 +114,8 @@ def suppressed_values(emails=(), phones=()) -> set[str]:
     wanted.update({suppression_hash("phone", p, key): p for p in phones if p})
     if not wanted:
         return set()
-    hits = db.session.scalars(sa.select(Suppression.value_hash).where(Suppression.value_hash.in_(list(wanted))))
+    hits = db.session.scalars(sa.select(Suppression.value_hash).where(
+        in_values(Suppression.value_hash, list(wanted), db.session.get_bind().dialect.name)))
     return {wanted[h] for h in hits}
 
 

@@ -36,3 +36,11 @@ class UTCDateTime(sa.TypeDecorator):
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def in_values(column, values: list, dialect: str):
+    """`column IN (values)`; on PostgreSQL `column = ANY(array)`: one parameter, so the statement's
+    text is the same whatever the number of values (psycopg parses a 200-parameter IN list anew each time)."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(list(values))

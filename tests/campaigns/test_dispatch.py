@@ -414,3 +414,74 @@ def test_a_configured_sms_rate_is_held_at_the_provider(app, ctx, fake_twilio, qu
     for t in fake_twilio.times:
         per_second[int(t)] = per_second.get(int(t), 0) + 1
     assert max(per_second.values()) <= 2 * rate
+
+
+def test_a_batchs_events_are_written_as_insert_events_writes_them(app, ctx, smtp_server):
+    """A batch's 'sent' and 'bounced' events (one statement of arrays on PostgreSQL, insert_events
+    elsewhere): every column as insert_events writes it."""
+    from segments.models import insert_events
+
+    ids = make_contacts(3)
+    smtp_server.refuse["person1@example.org"] = (550, "no such user")
+    campaign_id = make_campaign()
+    with configured(app, CAMPAIGN_PAUSE_ERROR_RATE=1.0):
+        dispatch.launch(campaign_id)
+        lo, hi = db.session.execute(sa.select(sa.func.min(Delivery.id), sa.func.max(Delivery.id))
+                                    .where(Delivery.campaign_id == campaign_id)).one()
+        db.session.remove()
+        assert dispatch.deliver_batch(campaign_id, lo, hi) == {"sent": 2, "bounced": 1}
+    columns = (MessageEvent.contact_id, MessageEvent.campaign_id, MessageEvent.channel, MessageEvent.kind,
+               MessageEvent.is_bot, MessageEvent.data)
+    got = db.session.execute(sa.select(*columns, MessageEvent.occurred_at).order_by(MessageEvent.id)).all()
+    assert [tuple(r[:6]) for r in got] == [(ids[0], campaign_id, "email", "sent", False, {}),
+                                           (ids[1], campaign_id, "email", "bounced", False, {}),
+                                           (ids[2], campaign_id, "email", "sent", False, {})]
+    at = got[0].occurred_at
+    assert at.tzinfo is not None and {r.occurred_at for r in got} == {at}
+    # The same rows through insert_events, for comparison.
+    insert_events(db.session.connection(), [{"contact_id": r[0], "campaign_id": r[1], "channel": r[2], "kind": r[3],
+                                             "occurred_at": at, "is_bot": False, "data": {}} for r in got])
+    db.session.commit()
+    again = db.session.execute(sa.select(*columns, MessageEvent.occurred_at).order_by(MessageEvent.id)).all()
+    assert [tuple(r) for r in again[3:]] == [tuple(r) for r in got]
+
+
+def test_in_values_selects_what_in_selects(app, ctx):
+    from envoi.types import in_values
+
+    ids = make_contacts(5)
+    dialect = db.session.get_bind().dialect.name
+    for wanted in ([ids[1], ids[3]], [], [ids[0], 10**12]):
+        fast = db.session.scalars(sa.select(Contact.id).where(in_values(Contact.id, wanted, dialect))).all()
+        plain = db.session.scalars(sa.select(Contact.id).where(Contact.id.in_(wanted))).all()
+        assert sorted(fast) == sorted(plain) == sorted(set(wanted) & set(ids))
+
+
+def test_progress_marks_hold_one_connection_and_recover_from_a_lost_one(app, ctx):
+    """A batch's marks go over one Redis connection; when Redis drops it, that message's mark
+    fails (it would not be sent) and the next mark takes a fresh connection."""
+    from campaigns.ratelimit import redis_client
+
+    progress = dispatch._Progress(999_001)
+    progress.begin(1)
+    progress.confirm()
+    held = progress._held
+    progress.sent(1, utcnow(), "<m1>")
+    progress.begin(2)
+    progress.confirm()
+    assert progress._held is held
+    held.send_command("CLIENT", "ID")
+    killed = held.read_response()
+    redis_client().client_kill_filter(_id=killed)
+    with pytest.raises((dispatch._MarkFailed, redis.ConnectionError)):
+        progress.begin(3)
+        progress.confirm()
+    progress.begin(4)
+    progress.confirm()
+    progress._held.send_command("CLIENT", "ID")
+    assert progress._held.read_response() != killed  # a new connection (the pool may reuse the object)
+    marks = dispatch._read_progress(999_001, [1, 2, 3, 4])
+    assert marks[1].startswith("s ") and marks[1].endswith(" <m1>") and marks[2] == marks[4] == "a" and 3 not in marks
+    progress.clear()
+    assert progress._held is None and dispatch._read_progress(999_001, [1, 2, 4]) == {}
+    assert not redis_client().connection_pool._in_use_connections

@@ -239,3 +239,28 @@ def test_a_campaign_message_is_the_same_from_its_line_store(app, ctx):
     again = c.email(contact(), delivery_id=4)  # the fixed lines now from the store
     assert c.qp[0].lines and c.qp[1].lines
     assert wire_bytes(again) == again.as_bytes()
+
+
+GLOBALS_HTML = """<html><body>{% set ns = namespace(n=0) %}{% for i in range(4) %}{% set ns.n = ns.n + i %}{% endfor %}
+<p>{{ ns.n }} {{ contact.first_name | default("client") }} {{ today.year }}</p>{% set hello = "Salut" %}
+<p>{{ hello }} {{ lang }} {{ contact.birth_date | date }}</p></body></html>"""
+
+
+def test_fields_render_as_template_render_does_from_the_names_they_read(ctx):
+    """A message's fields share one context (the globals under it) and the context holds only the
+    optional names the campaign's templates read: the same text as Template.render of the full context."""
+    from campaigns.rendering import _with_globals, contact_context
+
+    plain = compiled(campaign(html=HTML, subject="Bonjour {{ contact.first_name }}"))
+    dated = compiled(campaign(html=GLOBALS_HTML, subject="Le {{ now.day }} {{ range(2) | list }}"))
+    assert not {"today", "now"} & plain.names and {"today", "now"} <= dated.names
+    assert "now" not in plain.context(contact()) and "now" in dated.context(contact())
+    people = [contact(), contact(id=43, first_name=None, city=None, language="en", tags=[], attributes={}),
+              contact(id=44, first_name="Zoé", birth_date=None, attributes={"points": 3})]
+    for c in (plain, dated):
+        for person in people:
+            full = contact_context(person, campaign_id=c.campaign_id, need_topics=False, config=c.config)
+            shared = _with_globals(c.context(person))
+            for field in ("subject", "html", "text"):
+                assert c._render(field, shared) == c.templates[field].render(full), (field, person.id)
+    assert "Salut fr 12 mars 1990" in dated.render_email(contact())["html"]
