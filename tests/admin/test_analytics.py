@@ -224,8 +224,8 @@ def test_audience_growth_funnel_unsubscribes_freshness_and_csv(app, viewer):
     assert 'aria-label="Subscriber growth"' in page and "2026-02 email unsubscribed: 1</title>" in page
     # 3 signups on the newsletter form, 2 confirmed there; the import confirmed one more.
     by_form = _section(page, "funnel-by-form")
-    assert re.search(r"<td>newsletter</td><td class=\"num\">3</td><td class=\"num\">2</td><td class=\"num\">66.7 %</td>",
-                     by_form)
+    assert re.search(r"<td>newsletter</td><td class=\"num\">3</td><td class=\"num\">2</td>"
+                     r"<td class=\"num\">66.7 %</td>", by_form)
     by_source = _section(page, "funnel-by-source")
     assert re.search(r"<td>salon</td><td class=\"num\">0</td><td class=\"num\">1</td><td>–</td>", by_source)
     assert "signups: <strong>3</strong>" in page
@@ -235,11 +235,20 @@ def test_audience_growth_funnel_unsubscribes_freshness_and_csv(app, viewer):
     # A range narrows the audience figures.
     feb = viewer.get("/admin/analytics?from=2026-02-01").get_data(as_text=True)
     assert "signups: <strong>0</strong>" in feb
+    # Cached per range until refreshed: a new signup shows after "Refresh" only.
+    with app.app_context():
+        consent(3, "requested", "form", "form:promo", "2026-02-05")
+        db.session.commit()
+    assert "signups: <strong>0</strong>" in viewer.get("/admin/analytics?from=2026-02-01").get_data(as_text=True)
+    refreshed = viewer.get("/admin/analytics?from=2026-02-01&fresh=1").get_data(as_text=True)
+    assert "signups: <strong>1</strong>" in refreshed
+    assert "signups: <strong>3</strong>" in viewer.get("/admin/analytics").get_data(as_text=True)
     # The CSV is the API's: a reason that looks like a formula is neutralised.
     rows = _csv(viewer.get("/admin/analytics/export/unsubscribes.csv"))
     assert [(r["method"], r["reason"], r["count"]) for r in rows] == [("link", "'=1+2", "1")]
     rows = _csv(viewer.get("/admin/analytics/export/funnel.csv?table=by_form"))
-    assert [(r["form"], r["signups"], r["confirmations"]) for r in rows] == [("newsletter", "3", "2")]
+    assert [(r["form"], r["signups"], r["confirmations"]) for r in rows] == [
+        ("newsletter", "3", "2"), ("promo", "1", "0")]
     assert viewer.get("/admin/analytics/export/nothing.csv").status_code == 404
     assert viewer.get("/admin/analytics/export/funnel.csv?table=nope").status_code == 422
 
