@@ -31,6 +31,7 @@ from bench.common import (fresh_database, log, machine_lines, percentile, postgr
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1/envoi_bench_admin"
 BAR_MS = 300
+MONTH_AGO = (time.strftime("%Y-%m-%d", time.gmtime(time.time() - 30 * 86400)))
 PASSWORD = "bench password 123"
 
 FILL = (
@@ -93,6 +94,9 @@ PAGES = (
     ("form live preview (unsaved fields)", "/admin/forms/live-preview?form_id={form}&{fields}", False),
     ("form live popup preview", "/admin/forms/live-popup?form_id={form}&{fields}", False),
     ("settings (topics, attributes, configuration)", "/admin/settings", False),
+    ("analytics (figures cached <= 60 s)", "/admin/analytics", False),
+    ("analytics, figures recomputed (audience over all time)", "/admin/analytics?fresh=1", True),
+    ("analytics, last 30 days, figures recomputed", "/admin/analytics?from={month_ago}&fresh=1", True),
 )
 # What the form editor sends to its live previews as the marketer types.
 FORM_FIELDS = (("title", "Bench letter"), ("slug", "bench"), ("fields", "email"), ("fields", "first_name"),
@@ -190,7 +194,7 @@ def measure(args, redis_url: str, workdir: Path) -> tuple[dict[str, list[float]]
 
     cache = redis.Redis.from_url(redis_url)
     for name, path, cold in PAGES:
-        path = path.format(form=form_id, fields=fields)
+        path = path.format(form=form_id, fields=fields, month_ago=MONTH_AGO)
         first = client.get(path)  # warm the cache and the plans; not counted
         if first.status_code != 200:
             raise SystemExit(f"{path}: HTTP {first.status_code}")

@@ -42,6 +42,32 @@ def campaign_chart(campaign_id: int, status: str) -> tuple[list[str], dict[str, 
     return labels, series
 
 
+def campaign_report(campaign_id: int) -> dict:
+    """reports.campaign_report over all time, cached like the stats (shown once the campaign is finished)."""
+    from campaigns.reports import campaign_report as report
+
+    return cached(f"envoi:admin:campaign:{campaign_id}:report", FINISHED_CACHE_SECONDS, lambda: report(campaign_id))
+
+
+def timeline_chart(report: dict):
+    """The report's timeline as bars: every hour of the first 48 (H+n), then every day (its date), gaps as zeros."""
+    from campaigns.reports import HOURLY
+
+    if not report["timeline"] or not report["campaign"]["started_at"]:
+        return None
+    origin = datetime.fromisoformat(report["campaign"]["started_at"])
+    points = {}
+    for point in report["timeline"]:
+        hours = round((datetime.fromisoformat(point["at"]) - origin).total_seconds() / 3600)
+        points[hours if point["unit"] == "hour" else HOURLY + (hours - HOURLY) // 24] = point
+    n = max(points) + 1
+    labels = [f"H+{i}" if i < HOURLY else (origin + timedelta(hours=HOURLY, days=i - HOURLY)).strftime("%m-%d")
+              for i in range(n)]
+    return charts.bars(labels, {t("Opens"): [points[i]["opens"] if i in points else 0 for i in range(n)],
+                                t("Clicks"): [points[i]["clicks"] if i in points else 0 for i in range(n)]},
+                       title=t("Opens and clicks over time"))
+
+
 def _choices() -> dict:
     from segments.services import list_segments
 
@@ -130,9 +156,21 @@ def show(campaign_id: int, errors: dict | None = None, values: dict | None = Non
     stats = campaign_stats(campaign_id, campaign.status) if campaign.status != "draft" else None
     labels, series = campaign_chart(campaign_id, campaign.status) if stats else ([], {})
     chart = charts.bars(labels, {t("Sent"): series["sent"]}, title=t("Sent over time")) if labels else None
+    report = campaign_report(campaign_id) if campaign.status in FINISHED else None
     return render_template("admin/campaigns/show.html", c={**data, **(values or {})}, saved=data, stats=stats,
-                           chart=chart, errors=errors or {}, editable=campaign.status in services.EDITABLE,
+                           chart=chart, report=report, report_chart=timeline_chart(report) if report else None,
+                           errors=errors or {}, editable=campaign.status in services.EDITABLE,
                            preview_contact=int_arg("contact_id"), **_choices()), status
+
+
+@bp.get("/<id:campaign_id>/report.csv")
+def report_csv(campaign_id: int):
+    """The API's CSV of the report (?table=summary|timeline|top_links, ?from=, ?to=), for a staff session."""
+    from campaigns.analytics_api import answer, campaign_tables, date_range
+    from campaigns.reports import campaign_report as report
+
+    start, end = date_range()
+    return answer(report(campaign_id, start, end), campaign_tables(), "csv")
 
 
 @bp.post("/<id:campaign_id>")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 from datetime import date, datetime, time, timezone
-from operator import itemgetter
 
 from flask import Response, jsonify, request
 from flask_smorest import Blueprint
@@ -62,7 +61,7 @@ def _when(name: str) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
-def _range() -> tuple[datetime | None, datetime | None]:
+def date_range() -> tuple[datetime | None, datetime | None]:
     start, end = _when("from"), _when("to")
     if start is not None and end is not None and end <= start:
         raise ValidationError("invalid date range", {"to": "must be after from"})
@@ -79,9 +78,10 @@ def _summary(data: dict) -> list[dict]:
     return rows
 
 
-def _answer(data: dict, tables: dict | None = None):
-    """JSON, or the CSV of one table (`tables`: name -> function of the data giving a list of dicts)."""
-    fmt = request.args.get("format", "json")
+def answer(data: dict, tables: dict | None = None, fmt: str | None = None):
+    """JSON, or the CSV of one table (`tables`: name -> function of the data giving a list of dicts).
+    `fmt`: json or csv, else ?format= (default json)."""
+    fmt = fmt or request.args.get("format", "json")
     if fmt not in ("json", "csv") or (fmt == "csv" and not tables):
         raise ValidationError("invalid format", {"format": "expected json" + (" or csv" if tables else "")})
     if fmt == "json":
@@ -121,6 +121,51 @@ def _number(text: str) -> bool:
         return False
 
 
+def _kpis():
+    from contacts import kpis
+
+    return kpis
+
+
+def _table(key: str):
+    return lambda data: data[key]
+
+
+# The exports of the figures that are a function of a date range (or of nothing): name ->
+# (the service function of (start, end), its CSV tables). Shared by these routes and the admin's CSV links.
+def _profile(data: dict) -> list[dict]:
+    """The lookalikes' profile as rows: one per field and value."""
+    return [{"field": t["field"], **v} for t in data["profile"] for v in t["values"]]
+
+
+REPORTS = {
+    "customers": (lambda s, e: _kpis().customers_report(s, e), {"summary": _summary}),
+    "rfm": (lambda s, e: _kpis().rfm_grid(), {"cells": _table("cells"), "groups": _table("groups")}),
+    "pareto": (lambda s, e: _kpis().pareto(), {"classes": _table("classes"), "summary": _summary}),
+    "potential": (lambda s, e: _kpis().small_with_potential(), {"top": _table("top"), "summary": _summary}),
+    "growth": (lambda s, e: _kpis().subscriber_growth(s, e), {"months": _table("months"), "summary": _summary}),
+    "lookalikes": (lambda s, e: _kpis().lookalikes(), {"top": _table("top"), "profile": _profile,
+                                                       "summary": _summary}),
+    "funnel": (lambda s, e: _kpis().optin_funnel(s, e), {
+        "by_form": _table("by_form"), "by_source": _table("by_source"), "summary": _summary,
+        "views_by_source": _table("views_by_source"), "views_by_day": _table("views_by_day"),
+        "views_by_form_day": _table("views_by_form_day")}),
+    "unsubscribes": (lambda s, e: _kpis().unsubscribe_reasons(s, e), {"reasons": _table("reasons")}),
+    "freshness": (lambda s, e: _kpis().data_freshness(), {"summary": _summary}),
+}
+
+
+def export(name: str, fmt: str | None = None):
+    """The answer of REPORTS[name] over ?from= and ?to=."""
+    compute, tables = REPORTS[name]
+    start, end = date_range()
+    return answer(compute(start, end), tables, fmt)
+
+
+def campaign_tables() -> dict:
+    return {"summary": _summary, "timeline": _table("timeline"), "top_links": _table("top_links")}
+
+
 # ---------------------------------------------------------------- campaigns
 
 @blp.route("/campaigns/<id:campaign_id>/report")
@@ -131,10 +176,8 @@ def campaign_report(campaign_id):
     timeline (hourly for 48 h, then daily), top links."""
     from campaigns.reports import campaign_report as report
 
-    start, end = _range()
-    data = report(campaign_id, start, end)
-    return _answer(data, {"summary": _summary, "timeline": lambda d: d["timeline"],
-                          "top_links": lambda d: d["top_links"]})
+    start, end = date_range()
+    return answer(report(campaign_id, start, end), campaign_tables())
 
 
 @blp.route("/campaigns/<id:campaign_id>/tracking", methods=["PUT"])
@@ -157,9 +200,9 @@ def campaigns_overview():
     """One line per campaign started in the range: delivered, unique opens and clicks, rates."""
     from campaigns.reports import campaigns_overview as overview
 
-    start, end = _range()
+    start, end = date_range()
     data = {"from": start and start.isoformat(), "to": end and end.isoformat(), "items": overview(start, end)}
-    return _answer(data, {"campaigns": lambda d: d["items"]})
+    return answer(data, {"campaigns": lambda d: d["items"]})
 
 
 # ---------------------------------------------------------------- customers
@@ -169,10 +212,7 @@ def campaigns_overview():
 @blp.doc(security=SECURITY, parameters=_RANGE_DOC)
 def customers():
     """Revenue, customers, revenue per customer, purchase frequency, retention (default: the last 365 days)."""
-    from contacts import kpis
-
-    start, end = _range()
-    return _answer(kpis.customers_report(start, end), {"summary": _summary})
+    return export("customers")
 
 
 @blp.route("/analytics/portfolio")
@@ -182,34 +222,28 @@ def portfolio():
     """RFM grid, ABC/Pareto and small customers with potential (lifetime purchases)."""
     from contacts import kpis
 
-    return _answer(kpis.portfolio_report())
+    return answer(kpis.portfolio_report())
 
 
 @blp.route("/analytics/rfm")
 @require("viewer")
 @blp.doc(security=SECURITY, parameters=_RANGE_DOC[2:])
 def rfm_grid():
-    from contacts import kpis
-
-    return _answer(kpis.rfm_grid(), {"cells": lambda d: d["cells"], "groups": lambda d: d["groups"]})
+    return export("rfm")
 
 
 @blp.route("/analytics/pareto")
 @require("viewer")
 @blp.doc(security=SECURITY, parameters=_RANGE_DOC[2:])
 def pareto():
-    from contacts import kpis
-
-    return _answer(kpis.pareto(), {"classes": lambda d: d["classes"], "summary": _summary})
+    return export("pareto")
 
 
 @blp.route("/analytics/potential")
 @require("viewer")
 @blp.doc(security=SECURITY, parameters=_RANGE_DOC[2:])
 def potential():
-    from contacts import kpis
-
-    return _answer(kpis.small_with_potential(), {"top": lambda d: d["top"], "summary": _summary})
+    return export("potential")
 
 
 @blp.route("/analytics/lookalikes")
@@ -218,12 +252,7 @@ def potential():
 def lookalikes():
     """Small customers who look like the big ones in the segment sense: the big customers' profile (segment
     field values over-represented among them), how many small customers share it, the rule selecting them."""
-    from contacts import kpis
-
-    def profile(d):
-        return [{"field": t["field"], **v} for t in d["profile"] for v in t["values"]]
-
-    return _answer(kpis.lookalikes(), {"top": lambda d: d["top"], "profile": profile, "summary": _summary})
+    return export("lookalikes")
 
 
 # ---------------------------------------------------------------- audience
@@ -235,18 +264,15 @@ def audience():
     """Subscriber growth, opt-in funnel, unsubscribes, data freshness."""
     from contacts import kpis
 
-    start, end = _range()
-    return _answer(kpis.audience_report(start, end))
+    start, end = date_range()
+    return answer(kpis.audience_report(start, end))
 
 
 @blp.route("/analytics/growth")
 @require("viewer")
 @blp.doc(security=SECURITY, parameters=_RANGE_DOC)
 def growth():
-    from contacts import kpis
-
-    start, end = _range()
-    return _answer(kpis.subscriber_growth(start, end), {"months": lambda d: d["months"], "summary": _summary})
+    return export("growth")
 
 
 @blp.route("/analytics/funnel")
@@ -258,29 +284,18 @@ def funnel():
     Views (hosted page, inline, popup) are counted per UTC day: a day is in the range when it begins
     in it. `signup_rate` is signups through forms over views; `confirmation_rate` confirmations over
     signups. CSV tables: by_form, by_source, summary, views_by_source, views_by_day, views_by_form_day."""
-    from contacts import kpis
-
-    start, end = _range()
-    return _answer(kpis.optin_funnel(start, end), {
-        "by_form": itemgetter("by_form"), "by_source": itemgetter("by_source"), "summary": _summary,
-        "views_by_source": itemgetter("views_by_source"), "views_by_day": itemgetter("views_by_day"),
-        "views_by_form_day": itemgetter("views_by_form_day")})
+    return export("funnel")
 
 
 @blp.route("/analytics/unsubscribes")
 @require("viewer")
 @blp.doc(security=SECURITY, parameters=_RANGE_DOC)
 def unsubscribes():
-    from contacts import kpis
-
-    start, end = _range()
-    return _answer(kpis.unsubscribe_reasons(start, end), {"reasons": lambda d: d["reasons"]})
+    return export("unsubscribes")
 
 
 @blp.route("/analytics/freshness")
 @require("viewer")
 @blp.doc(security=SECURITY, parameters=_RANGE_DOC[2:])
 def freshness():
-    from contacts import kpis
-
-    return _answer(kpis.data_freshness(), {"summary": _summary})
+    return export("freshness")

@@ -8,6 +8,7 @@ def register(app) -> None:
     app.config.setdefault("ADMIN_LOGIN_RATE", "10 per minute")
     app.config.setdefault("ADMIN_DASHBOARD_CACHE_SECONDS", 60)
     from automation.admin import bp as automations_bp
+    from envoi.admin.analytics import bp as analytics_bp
     from campaigns.admin import bp as campaigns_bp
     from contacts.admin import bp as contacts_bp
     from envoi.admin.settings import bp as settings_bp
@@ -15,5 +16,6 @@ def register(app) -> None:
     from optin.admin import bp as forms_bp
     from segments.admin import bp as segments_bp
 
-    for blueprint in (bp, contacts_bp, forms_bp, segments_bp, campaigns_bp, automations_bp, settings_bp):
+    for blueprint in (bp, contacts_bp, forms_bp, segments_bp, campaigns_bp, automations_bp,
+                      analytics_bp, settings_bp):
         app.register_blueprint(blueprint)

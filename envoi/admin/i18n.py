@@ -80,6 +80,42 @@ FR = {
     "Conditions sur les champs, étiquettes et attributs du contact ; achats (SKU, catégorie, période, nombre, "
     "montant) ; groupe ou scores RFM ; engagement avec les messages (envoyé, ouvert, cliqué …) ; abonnement à un "
     "canal ou à une thématique. Cochez « non » pour exclure, groupez avec « Toutes / Au moins une ».",
+    "Analytics": "Analyses", "Report": "Bilan", "Delivered": "Délivrés", "Unique opens": "Ouvreurs uniques",
+    "Open rate": "Taux d'ouverture", "Unique clicks": "Cliqueurs uniques", "Click-through rate": "Taux de clic",
+    "Unsubscribes": "Désinscriptions", "Conversions": "Conversions", "Revenue": "Chiffre d'affaires",
+    "Human opens and clicks only; set apart as bots or prefetch:":
+    "Ouvertures et clics humains seulement ; mis à part comme robots ou préchargements :",
+    "opens": "ouvertures", "clicks": "clics", "purchases": "achats",
+    "Conversions: purchases within": "Conversions : achats dans les",
+    "Opens and clicks over time": "Ouvertures et clics dans le temps", "Opens": "Ouvertures", "Clicks": "Clics",
+    "Hour by hour for the first 48 hours, then day by day.":
+    "Heure par heure les 48 premières heures, puis jour par jour.", "Top links": "Liens les plus cliqués",
+    "From": "Du", "To (excluded)": "Au (exclu)",
+    "Customers: the last 365 days unless a range is given; audience: all time unless a range is given; the portfolio is over all purchases.":
+    "Clients : les 365 derniers jours sauf période choisie ; audience : depuis le début sauf période choisie ; "
+    "le portefeuille porte sur tous les achats.",
+    "Customers": "Clients", "Revenue per customer": "Chiffre d'affaires par client",
+    "Purchase frequency": "Fréquence d'achat", "Retention": "Fidélisation",
+    "Retention: share of the previous period's customers who bought again in this one":
+    "Fidélisation : part des clients de la période précédente qui ont racheté dans celle-ci",
+    "Portfolio": "Portefeuille", "RFM grid": "Grille RFM", "RFM groups": "Groupes RFM",
+    "Customers (and revenue) by recency score (rows) and frequency score (columns), all monetary scores together.":
+    "Clients (et chiffre d'affaires) par score de récence (lignes) et de fréquence (colonnes), tous scores de "
+    "montant confondus.",
+    "ABC classes": "Classes ABC", "Customers making 80 % of revenue": "Clients faisant 80 % du chiffre d'affaires",
+    "Share of customers": "Part des clients", "Share of revenue": "Part du chiffre d'affaires",
+    "Small customers with potential": "Petits clients à potentiel",
+    "Low spend (monetary score 1-2) but recent (recency 4-5) and frequent (frequency 3-5).":
+    "Petits montants (score de montant 1-2) mais récents (récence 4-5) et fréquents (fréquence 3-5).",
+    "Contact": "Contact", "Last purchase": "Dernier achat", "Segment rule": "Règle de segment",
+    "Create a segment from this rule": "Créer un segment avec cette règle",
+    "Confirmed subscribers": "Abonnés confirmés", "Subscriber growth": "Croissance des abonnés",
+    "subscribed": "abonnés", "unsubscribed": "désabonnés", "Opt-in funnel": "Entonnoir d'inscription",
+    "By form": "Par formulaire", "By source": "Par source", "Data freshness": "Fraîcheur des données",
+    "Contacts not updated for": "Contacts non mis à jour depuis",
+    "About 10-12 % of contact data goes stale a year: re-confirm or clean stale contacts.":
+    "Environ 10 à 12 % des données de contact vieillissent chaque année : faites reconfirmer ou nettoyez "
+    "les contacts anciens.",
 }
 TEXTS = {"en": {}, "fr": FR}
 

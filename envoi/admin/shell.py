@@ -173,6 +173,12 @@ def logout_user() -> None:
     session.clear()
 
 
+def figures_ttl() -> int:
+    """How long the heavy aggregates of a page are kept (ADMIN_DASHBOARD_CACHE_SECONDS, default 60; 0: never)."""
+    setting = current_app.config.get("ADMIN_DASHBOARD_CACHE_SECONDS")
+    return 60 if setting is None else int(setting)
+
+
 def cached(key: str, ttl: int, compute, fresh: bool = False):
     """`compute()` (JSON-ready), kept `ttl` seconds in Redis; computed directly if Redis is away or ttl is 0."""
     import json

@@ -9,8 +9,8 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 
 from envoi.admin import charts
 from envoi.admin.i18n import LANGS
-from envoi.admin.shell import (admin_blueprint, cached, csrf_ok, current_user, flash_error, int_arg, login_user,
-                               logout_user, role, safe_next, t)
+from envoi.admin.shell import (admin_blueprint, cached, csrf_ok, current_user, figures_ttl, flash_error, int_arg,
+                               login_user, logout_user, role, safe_next, t)
 from envoi.auth import services as auth
 from envoi.errors import EnvoiError
 from envoi.extensions import db, limiter
@@ -84,8 +84,7 @@ def _cached_aggregates(fresh: bool = False) -> dict:
 
     Counting a million rows by status is a full pass over the table: exact, but too slow to
     repeat on every page view. The page says when its figures were computed."""
-    setting = current_app.config.get("ADMIN_DASHBOARD_CACHE_SECONDS")
-    return cached(CACHE_KEY, 60 if setting is None else int(setting), _aggregates, fresh)
+    return cached(CACHE_KEY, figures_ttl(), _aggregates, fresh)
 
 
 def _aggregates(now=None) -> dict:

@@ -3,7 +3,8 @@ embedded default: no SMTP server, no Twilio account, every message in the dev ou
 
 Log in, create a form, sign up through the hosted page in a second browser context, confirm from
 the dev outbox, import a CSV, build a segment with the builder and see its count, create and send
-an email campaign, watch it finish, open the contact's timeline and see the message there.
+an email campaign, watch it finish and see its report, open the contact's timeline and see the message
+there, then the Analytics page.
 
 A screenshot of each step is kept: in $ENVOI_TEST_SCREENSHOTS if set, else in
 test-artifacts/admin-journey/ at the repository root."""
@@ -147,6 +148,9 @@ def test_marketer_journey_from_signup_to_campaign_on_the_dev_outbox(app, outbox_
         expect(page.locator("#progress")).to_have_attribute("data-status", "sent", timeout=30_000)
         expect(page.locator("#stat-sent")).to_have_text("1")
         shot("campaign-sent")
+        page.reload()  # the report shows once the campaign is finished
+        expect(page.locator("#r-delivered")).to_have_text("1")
+        shot("campaign-report")
 
         # 8. The contact's timeline shows the mailing.
         page.get_by_role("link", name="Contacts").click()
@@ -163,6 +167,15 @@ def test_marketer_journey_from_signup_to_campaign_on_the_dev_outbox(app, outbox_
         page.get_by_role("link", name="Outbox").click()
         expect(page.locator("#outbox")).to_contain_text("Hello Ada")
         shot("outbox-campaign")
+
+        # 9. The Analytics page: a range, its sections and their charts.
+        page.get_by_role("link", name="Analytics").click()
+        page.get_by_label("From").fill("2020-01-01")
+        page.get_by_role("button", name="Filter").click()
+        expect(page.locator("#subs-email")).to_have_text("1")
+        expect(page.locator("#rfm-grid")).to_be_visible()
+        expect(page.locator("#audience svg.chart")).to_be_visible()
+        shot("analytics")
     finally:
         staff_ctx.close()
         visitor_ctx.close()

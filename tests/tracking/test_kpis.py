@@ -22,7 +22,7 @@ def contact(i: int, **values) -> int:
     return row.id
 
 
-def test_revenue_per_customer_frequency_and_retention(app, ctx):
+def customers_purchases() -> None:
     purchases = {  # customer: [(when, amount)]
         1: [("2024-06-01", "50"), ("2025-02-01", "100"), ("2025-03-01", "20")],
         2: [("2024-07-01", "30")],                          # last year's customer who did not come back
@@ -36,6 +36,10 @@ def test_revenue_per_customer_frequency_and_retention(app, ctx):
             db.session.add(Purchase(contact_id=cid, sku="S", amount=Decimal(amount), currency="EUR",
                                     occurred_at=at(when)))
     db.session.commit()
+
+
+def test_revenue_per_customer_frequency_and_retention(app, ctx):
+    customers_purchases()
     report = kpis.customers_report(at("2025-01-01"), at("2026-01-01"))
     # This year: 1 (120, 2 purchases), 3 (200), 4 (70) -> 390 over 3 customers, 4 purchases.
     # Last year's customers 1, 2, 4; 1 and 4 bought again -> 2/3.
