@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from contacts.errors import ValidationError
 from contacts.models import PERSONAL_FIELDS, ConsentEvent, Contact, ContactTopic, ImportJob, Suppression, Topic
 from contacts.services import attribute_types, consent_predates_opt_out, suppressed_values
-from contacts.staging import any_suppressed, copy_line, merge_staged
+from contacts.staging import CONTACT_IDS, any_suppressed, copy_line, merge_staged
 from contacts.validation import clean_contact
 from envoi.errors import EnvoiError
 from envoi.extensions import db
@@ -692,7 +692,7 @@ class _ChunkWriter:
 
     def _copy_contacts(self, new) -> None:
         conn = db.session.connection()
-        ids = conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence('contacts', 'id')) "
+        ids = conn.execute(sa.text(f"SELECT nextval({CONTACT_IDS}) "
                                    "FROM generate_series(1, :n)"), {"n": len(new)}).scalars().all()
         for s, ident in zip(new, ids):
             s["id"] = ident
