@@ -34,7 +34,7 @@ import json
 import logging
 import os
 from collections import deque
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -339,8 +339,8 @@ def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = No
             if chunk:
                 yield chunk
 
-        with _quiet_gc():
-            for rows, cleaned in _validated(chunks(), layout.keys, attr_types, region, workers, stage):
+        with _quiet_gc(), closing(_validated(chunks(), layout.keys, attr_types, region, workers, stage)) as validated:
+            for rows, cleaned in validated:
                 counts = writer.write(rows, cleaned, rejects)
                 result.rows += len(rows)
                 for key, value in counts.items():
@@ -361,7 +361,8 @@ def _default_rejects_path(path: str) -> str:
 
 def _validated(chunks, keys, attr_types, region, workers, stage=None):
     """Yield (rows, cleaned) per chunk, in order; a pool validates a few chunks ahead, bounded.
-    With `stage` (PostgreSQL), `cleaned` is stage_rows' (COPY text, reasons) instead of the dicts."""
+    With `stage` (PostgreSQL), `cleaned` is stage_rows' (COPY text, reasons) instead of the dicts.
+    An error reading the file (malformed CSV ...) is raised after the chunks read before it."""
     if not workers:
         for rows in chunks:
             yield rows, (validate_rows(rows, keys, attr_types, region) if stage is None
@@ -374,14 +375,20 @@ def _validated(chunks, keys, attr_types, region, workers, stage=None):
     func = validate_rows if stage is None else stage_rows
     try:
         pending: deque = deque()
-        for rows in chunks:
-            pending.append((rows, pool.apply_async(func, (rows,))))
-            if len(pending) > workers + 1:
-                rows0, res = pending.popleft()
-                yield rows0, res.get()
+        failed = None
+        try:
+            for rows in chunks:
+                pending.append((rows, pool.apply_async(func, (rows,))))
+                if len(pending) > workers + 1:
+                    rows0, res = pending.popleft()
+                    yield rows0, res.get()
+        except ValidationError as err:  # the file's fault: the chunks already read are written first
+            failed = err
         while pending:
             rows0, res = pending.popleft()
             yield rows0, res.get()
+        if failed is not None:
+            raise failed
     finally:
         pool.terminate()
         pool.join()
