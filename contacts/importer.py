@@ -34,7 +34,7 @@ import json
 import logging
 import os
 from collections import deque
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from contacts.errors import ValidationError
 from contacts.models import PERSONAL_FIELDS, ConsentEvent, Contact, ContactTopic, ImportJob, Suppression, Topic
 from contacts.services import attribute_types, consent_predates_opt_out, suppressed_values
-from contacts.staging import any_suppressed, copy_line, merge_staged
+from contacts.staging import CONTACT_IDS, any_suppressed, copy_line, merge_staged
 from contacts.validation import clean_contact
 from envoi.errors import EnvoiError
 from envoi.extensions import db
@@ -339,8 +339,8 @@ def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = No
             if chunk:
                 yield chunk
 
-        with _quiet_gc():
-            for rows, cleaned in _validated(chunks(), layout.keys, attr_types, region, workers, stage):
+        with _quiet_gc(), closing(_validated(chunks(), layout.keys, attr_types, region, workers, stage)) as validated:
+            for rows, cleaned in validated:
                 counts = writer.write(rows, cleaned, rejects)
                 result.rows += len(rows)
                 for key, value in counts.items():
@@ -361,7 +361,8 @@ def _default_rejects_path(path: str) -> str:
 
 def _validated(chunks, keys, attr_types, region, workers, stage=None):
     """Yield (rows, cleaned) per chunk, in order; a pool validates a few chunks ahead, bounded.
-    With `stage` (PostgreSQL), `cleaned` is stage_rows' (COPY text, reasons) instead of the dicts."""
+    With `stage` (PostgreSQL), `cleaned` is stage_rows' (COPY text, reasons) instead of the dicts.
+    An error reading the file (malformed CSV ...) is raised after the chunks read before it."""
     if not workers:
         for rows in chunks:
             yield rows, (validate_rows(rows, keys, attr_types, region) if stage is None
@@ -374,14 +375,20 @@ def _validated(chunks, keys, attr_types, region, workers, stage=None):
     func = validate_rows if stage is None else stage_rows
     try:
         pending: deque = deque()
-        for rows in chunks:
-            pending.append((rows, pool.apply_async(func, (rows,))))
-            if len(pending) > workers + 1:
-                rows0, res = pending.popleft()
-                yield rows0, res.get()
+        failed = None
+        try:
+            for rows in chunks:
+                pending.append((rows, pool.apply_async(func, (rows,))))
+                if len(pending) > workers + 1:
+                    rows0, res = pending.popleft()
+                    yield rows0, res.get()
+        except ValidationError as err:  # the file's fault: the chunks already read are written first
+            failed = err
         while pending:
             rows0, res = pending.popleft()
             yield rows0, res.get()
+        if failed is not None:
+            raise failed
     finally:
         pool.terminate()
         pool.join()
@@ -692,7 +699,7 @@ class _ChunkWriter:
 
     def _copy_contacts(self, new) -> None:
         conn = db.session.connection()
-        ids = conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence('contacts', 'id')) "
+        ids = conn.execute(sa.text(f"SELECT nextval({CONTACT_IDS}) "
                                    "FROM generate_series(1, :n)"), {"n": len(new)}).scalars().all()
         for s, ident in zip(new, ids):
             s["id"] = ident

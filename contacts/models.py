@@ -36,8 +36,9 @@ class Contact(db.Model):
     __tablename__ = "contacts"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    email: Mapped[str | None] = mapped_column(sa.String(254), unique=True)
-    phone: Mapped[str | None] = mapped_column(sa.String(20), unique=True)
+    # Unique: see __table_args__ (uq_contacts_* on SQLite, ux_contacts_* on PostgreSQL).
+    email: Mapped[str | None] = mapped_column(sa.String(254))
+    phone: Mapped[str | None] = mapped_column(sa.String(20))
     salutation: Mapped[str | None] = mapped_column(sa.String(20))
     first_name: Mapped[str | None] = mapped_column(sa.String(100))
     last_name: Mapped[str | None] = mapped_column(sa.String(100))
@@ -82,21 +83,26 @@ class Contact(db.Model):
         # Keyset pages of a filtered list: WHERE lower(city) = ? AND id > ? ORDER BY id.
         sa.Index("ix_contacts_city_id", sa.func.lower(sa.text("city")), "id"),
         sa.Index("ix_contacts_postal_code_id", "postal_code", "id"),
-        sa.Index("ix_contacts_last_name", sa.func.lower(sa.text("last_name"))),
         sa.Index("ix_contacts_email_status_id", "email_status", "id"),
         sa.Index("ix_contacts_sms_status_id", "sms_status", "id"),
         sa.Index("ix_contacts_updated_at", "updated_at"),
         # The admin dashboard's counts by status: an index-only pass instead of a table scan.
         sa.Index("ix_contacts_statuses", "email_status", "sms_status",
                  postgresql_where=sa.text("erased_at IS NULL"), sqlite_where=sa.text("erased_at IS NULL")),
-        # The admin's search box (contacts.query.quick_search): byte-wise prefix ranges on
-        # PostgreSQL, whatever the collation (migration 0009). SQLite uses the indexes above.
-        sa.Index("ix_contacts_email_prefix", "email",
+        # Email and phone are unique. On PostgreSQL each unique index and lower(last_name)'s index
+        # use text_pattern_ops: byte-wise, so they answer equality (ON CONFLICT (email) included)
+        # and the admin's search box (contacts.query.quick_search, prefix ranges) alike, whatever
+        # the collation, with one index write per column (migration 0015). SQLite's BINARY
+        # collation does both with plain indexes.
+        sa.UniqueConstraint("email", name="uq_contacts_email").ddl_if(dialect="sqlite"),
+        sa.UniqueConstraint("phone", name="uq_contacts_phone").ddl_if(dialect="sqlite"),
+        sa.Index("ix_contacts_last_name", sa.func.lower(sa.text("last_name"))).ddl_if(dialect="sqlite"),
+        sa.Index("ux_contacts_email", "email", unique=True,
                  postgresql_ops={"email": "text_pattern_ops"}).ddl_if(dialect="postgresql"),
-        sa.Index("ix_contacts_last_name_prefix", sa.func.lower(sa.text("last_name")).label("lower_last_name"),
-                 postgresql_ops={"lower_last_name": "text_pattern_ops"}).ddl_if(dialect="postgresql"),
-        sa.Index("ix_contacts_phone_prefix", "phone",
+        sa.Index("ux_contacts_phone", "phone", unique=True,
                  postgresql_ops={"phone": "text_pattern_ops"}).ddl_if(dialect="postgresql"),
+        sa.Index("ix_contacts_last_name", sa.func.lower(sa.text("last_name")).label("lower_last_name"),
+                 postgresql_ops={"lower_last_name": "text_pattern_ops"}).ddl_if(dialect="postgresql"),
     )
 
 

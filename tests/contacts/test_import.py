@@ -215,6 +215,27 @@ def test_validation_pool_gives_the_same_result(app, ctx, tmp_path):
     assert import_csv(path, workers=0, chunk_rows=70).unchanged == 300
 
 
+def test_bad_bytes_stop_the_pool_after_the_same_rows_as_without_it(app, ctx, tmp_path):
+    """The pool validates chunks ahead; an undecodable line is raised after every whole chunk before
+    it is written, as without a pool ("rows before it were imported"), not with those chunks lost."""
+    import pytest
+
+    from contacts.errors import ValidationError
+
+    lines = b"email,city\n" + b"".join(f"bad{i:05d}@example.fr,Lyon\n".encode() for i in range(4000))
+    path = tmp_path / "latin.csv"
+    path.write_bytes(lines + "late@example.fr,Orléans\n".encode("latin-1"))
+    counts = []
+    for workers in (1, 0):
+        with pytest.raises(ValidationError) as err:
+            import_csv(str(path), workers=workers, chunk_rows=100)
+        assert "not UTF-8 text near line" in err.value.fields["file"]
+        counts.append(db.session.scalar(sa.select(sa.func.count()).select_from(Contact)))
+        db.session.execute(sa.delete(Contact))
+        db.session.commit()
+    assert counts[0] == counts[1] and counts[0] >= 2000 and counts[0] % 100 == 0, counts
+
+
 def test_chunk_conflicting_with_a_concurrent_insert_is_retried(app, ctx, tmp_path, monkeypatch):
     from contacts import importer
 
