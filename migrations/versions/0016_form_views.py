@@ -1,7 +1,7 @@
 """form views: a counter per form, UTC day and where it was shown (hosted page, inline, popup)
 
 Revision ID: 0016
-Revises: 0012
+Revises: 0015
 Create Date: 2026-11-24 03:45:00
 
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0016'
-down_revision = '0012'
+down_revision = '0015'
 branch_labels = None
 depends_on = None
 
