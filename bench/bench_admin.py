@@ -249,8 +249,11 @@ def _search_baseline(q: str, runs: int) -> dict[str, float]:
     with db.engine.connect() as conn:
         trans = conn.begin()
         conn.execute(sa.text("SET LOCAL lock_timeout = '20s'"))
-        for name in ("ix_contacts_email_prefix", "ix_contacts_last_name_prefix", "ix_contacts_phone_prefix"):
-            conn.execute(sa.text(f"DROP INDEX {name}"))
+        # The indexes that answer a prefix: since migration 0015 the unique email and phone indexes and
+        # ix_contacts_last_name (text_pattern_ops); before it, their *_prefix twins of 0009.
+        for name in ("ux_contacts_email", "ux_contacts_phone", "ix_contacts_last_name",
+                     "ix_contacts_email_prefix", "ix_contacts_last_name_prefix", "ix_contacts_phone_prefix"):
+            conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
         out["before"] = timed(conn, old)
         trans.rollback()
         out["now"] = timed(conn, contact_filters({"q": q}))

@@ -34,6 +34,10 @@ def upgrade():
     op.execute(sa.text("DROP INDEX ix_contacts_last_name_prefix"))
     op.execute(sa.text("DROP INDEX ix_contacts_last_name"))
     op.execute(sa.text("CREATE INDEX ix_contacts_last_name ON contacts (lower(last_name) text_pattern_ops)"))
+    # A new expression index has no statistics until the table is analysed: without them the planner
+    # guessed 5,000 rows for a search's prefix range and walked the primary key instead (650 ms at a
+    # million contacts, 6 ms once analysed). Autovacuum would get to it, when it runs at all.
+    op.execute(sa.text("ANALYZE contacts"))
 
 
 def downgrade():
