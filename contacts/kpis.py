@@ -424,21 +424,25 @@ def optin_funnel(start: datetime | None = None, end: datetime | None = None) -> 
     source = sa.case((from_form, "form"), else_=CE.c.source)
     base = [CE.c.kind.in_(("requested", "granted")), CE.c.topic_id.is_(None), *_range(CE.c.recorded_at, start, end)]
 
-    def by(col, name):
-        # Grouped by an alias no column has (GROUP BY source would mean the column).
-        label = sa.func.coalesce(col, "").label("group_key")
-        rows = db.session.execute(
-            sa.select(label, sa.func.count().filter(CE.c.kind == "requested"),
-                      sa.func.count().filter(CE.c.kind == "granted"))
-            .where(*base).group_by(sa.text("group_key")).order_by(sa.text("group_key"))).all()
-        return [{name: key or None, "signups": s, "confirmations": c, "confirmation_rate": ratio(c, s)}
-                for key, s, c in rows]
+    # One pass: counts per (form, source) pair, a few rows, added up here per form, per source and in all.
+    # Grouped by aliases no column has (GROUP BY source would mean the column).
+    pairs = db.session.execute(
+        sa.select(sa.func.coalesce(form, "").label("form_key"), sa.func.coalesce(source, "").label("source_key"),
+                  sa.func.count().filter(CE.c.kind == "requested"), sa.func.count().filter(CE.c.kind == "granted"))
+        .where(*base).group_by(sa.text("form_key"), sa.text("source_key"))).all()
 
-    signups, confirmations = db.session.execute(sa.select(
-        sa.func.count().filter(CE.c.kind == "requested"), sa.func.count().filter(CE.c.kind == "granted"))
-        .where(*base)).one()
+    def by(position: int, name: str) -> list[dict]:
+        sums: dict[str, list[int]] = {}
+        for row in pairs:
+            into = sums.setdefault(row[position], [0, 0])
+            into[0] += row[2]
+            into[1] += row[3]
+        return [{name: key or None, "signups": s, "confirmations": c, "confirmation_rate": ratio(c, s)}
+                for key, (s, c) in sorted(sums.items())]
+
+    signups, confirmations = sum(r[2] for r in pairs), sum(r[3] for r in pairs)
     views = _view_counts(start, end)
-    by_form = {r["form"]: r for r in by(form, "form") if r["form"]}
+    by_form = {r["form"]: r for r in by(0, "form") if r["form"]}
     for slug in views["by_form"].keys() - by_form.keys():
         by_form[slug] = {"form": slug, "signups": 0, "confirmations": 0, "confirmation_rate": None}
     for slug, row in by_form.items():
@@ -450,7 +454,7 @@ def optin_funnel(start: datetime | None = None, end: datetime | None = None) -> 
     return {"from": start.isoformat() if start else None, "to": end.isoformat() if end else None,
             "signups": signups, "confirmations": confirmations, "confirmation_rate": ratio(confirmations, signups),
             "views": views["total"], "form_signups": form_signups, "signup_rate": ratio(form_signups, views["total"]),
-            "by_form": [by_form[k] for k in sorted(by_form)], "by_source": by(source, "source"),
+            "by_form": [by_form[k] for k in sorted(by_form)], "by_source": by(1, "source"),
             "views_by_source": [{"source": s, "views": views["by_source"].get(s, 0)} for s in VIEW_SOURCES],
             "views_by_day": views["by_day"], "views_by_form_day": views["by_form_day"]}
 
