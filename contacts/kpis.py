@@ -234,13 +234,18 @@ def small_with_potential(limit: int = 20, b: rfm.Boundaries | None = None, grid:
     else:
         cells = [c for c in grid["cells"] if c["monetary"] <= 2 and c["recency"] >= 4 and c["frequency"] >= 3]
         n, total = sum(c["customers"] for c in cells), sum((Decimal(c["revenue"]) for c in cells), Decimal(0))
-    top = db.session.execute(sa.select(Contact.id, Contact.purchase_count, Contact.purchase_total,
-                                       Contact.last_purchase_at).where(where)
-                             .order_by(Contact.purchase_count.desc(), Contact.last_purchase_at.desc(), Contact.id)
-                             .limit(limit)).all()
     return {"customers": n, "revenue": _money(total), "rule": {"rfm": SMALL_WITH_POTENTIAL},
-            "top": [{"id": i, "purchase_count": c, "purchase_total": _money(t),
-                     "last_purchase_at": at.isoformat() if at else None} for i, c, t, at in top]}
+            "top": _top_customers(where, limit)}
+
+
+def _top_customers(where, limit: int) -> list[dict]:
+    """The customers matching `where` who buy most often (then most recently), `limit` of them."""
+    rows = db.session.execute(sa.select(Contact.id, Contact.purchase_count, Contact.purchase_total,
+                                        Contact.last_purchase_at).where(where)
+                              .order_by(Contact.purchase_count.desc(), Contact.last_purchase_at.desc(), Contact.id)
+                              .limit(limit)).all()
+    return [{"id": i, "purchase_count": c, "purchase_total": _money(t),
+             "last_purchase_at": at.isoformat() if at else None} for i, c, t, at in rows]
 
 
 # ---------------------------------------------------------------- portfolio: lookalikes of the big customers
@@ -362,16 +367,11 @@ def lookalikes(limit: int = 20, b: rfm.Boundaries | None = None, today=None) -> 
     match = parts[0] if len(parts) == 1 else {"any": [{"all": [parts[i], parts[j]]} for i in range(len(parts))
                                                       for j in range(i + 1, len(parts))]}
     rule = {"all": [{"rfm": {"monetary": {"op": "lte", "value": 2}}}, match]}
-    members = segment_query(rule).subquery()
+    members = Contact.id.in_(segment_query(rule))
     n, total = db.session.execute(sa.select(sa.func.count(), sa.func.sum(Contact.purchase_total))
-                                  .where(Contact.id.in_(sa.select(members.c.id)))).one()
-    top = db.session.execute(sa.select(Contact.id, Contact.purchase_count, Contact.purchase_total,
-                                       Contact.last_purchase_at).where(Contact.id.in_(sa.select(members.c.id)))
-                             .order_by(Contact.purchase_count.desc(), Contact.last_purchase_at.desc(), Contact.id)
-                             .limit(limit)).all()
+                                  .where(members)).one()
     return {**answer, "customers": n, "revenue": _money(total), "rule": rule,
-            "top": [{"id": i, "purchase_count": c, "purchase_total": _money(t),
-                     "last_purchase_at": at.isoformat() if at else None} for i, c, t, at in top]}
+            "top": _top_customers(members, limit)}
 
 
 def portfolio_report() -> dict:
