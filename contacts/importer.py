@@ -763,12 +763,10 @@ class _StagedWriter:
     def _write(self, rows, staged, rejects: _Rejects) -> dict:
         text, reasons = staged
         now = utcnow()
-        # Erased after the lines were hashed (or not hashed: nobody was erased when the import began).
-        python = not self.hashed and any_suppressed(db.session)
         raw = db.session.connection().connection.driver_connection
         with raw.cursor() as cur:
             created, unchanged, left = merge_staged(cur, text, now=now, method=self.rows_writer.method,
-                                                    author_id=self.rows_writer.author_id, python=python)
+                                                    author_id=self.rows_writer.author_id, python=not self.hashed)
         counts = {"created": created, "updated": 0, "unchanged": unchanged, "rejected": 0, "stale_consents": 0}
         found: list = []
         if left:

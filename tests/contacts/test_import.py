@@ -256,8 +256,12 @@ def test_chunk_conflicting_with_a_concurrent_insert_is_retried(app, ctx, tmp_pat
         return found
 
     monkeypatch.setattr(importer._ChunkWriter, "_lookup", lookup_then_someone_inserts)
+    timers = []
     if db.engine.dialect.name == "postgresql":
-        # The set-based merge: the other writer commits between the sorting of the rows and the insert.
+        # The set-based merge sorts and inserts in one statement: the other writer inserts before it
+        # and commits while it runs, so the statement's insert waits for it, then conflicts.
+        import threading
+
         real_merge = importer.merge_staged
 
         class Cursor:
@@ -268,13 +272,25 @@ def test_chunk_conflicting_with_a_concurrent_insert_is_retried(app, ctx, tmp_pat
                 return getattr(self.cur, name)
 
             def execute(self, query, *args):
-                out = self.cur.execute(query, *args)
-                if "import_rows ON COMMIT DROP" in query:
-                    someone_inserts()
-                return out
+                if "ins_contacts AS" in query and not calls:
+                    calls.append(1)
+                    other = db.engine.connect()
+                    other.execute(sa.insert(Contact.__table__).values(email="race@example.fr", tags=[], attributes={},
+                                                                      created_at=utcnow(), updated_at=utcnow()))
+
+                    def commit():
+                        other.commit()
+                        other.close()
+
+                    timers.append(threading.Timer(0.3, commit))
+                    timers[-1].start()
+                return self.cur.execute(query, *args)
 
         monkeypatch.setattr(importer, "merge_staged", lambda cur, *a, **k: real_merge(Cursor(cur), *a, **k))
     result = import_csv(path)
+    for timer in timers:
+        timer.join()
+    assert calls
     assert (result.created, result.updated, result.rejected) == (1, 1, 0)
     assert contacts()["race@example.fr"].city == "Lyon"
 
