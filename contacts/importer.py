@@ -168,6 +168,7 @@ _WORKER: dict = {}
 
 def _init_worker(keys, attr_types, region, stage=None):
     _WORKER.update(keys=keys, attr_types=attr_types, region=region, stage=stage)
+    os.nice(10)
     _fewer_collections()  # for the pool process's life
 
 
@@ -321,6 +322,8 @@ def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = No
         reader = csv.reader(text, delimiter=layout.delimiter)
         next(reader)  # header, checked by read_layout
 
+        positions: deque = deque()  # where each chunk ends in the file, for `progress`
+
         def chunks():
             chunk = []
             try:
@@ -329,6 +332,7 @@ def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = No
                         continue
                     chunk.append(cells)
                     if len(chunk) >= (chunk_rows or CHUNK_ROWS):
+                        positions.append(raw_file.tell())
                         yield chunk
                         chunk = []
             except UnicodeDecodeError:
@@ -337,16 +341,19 @@ def import_csv(path: str, *, topic: str | None = None, mapping: dict | None = No
             except csv.Error as err:
                 raise ValidationError("malformed CSV", {"file": f"line {reader.line_num}: {err}"}) from None
             if chunk:
+                positions.append(raw_file.tell())
                 yield chunk
 
-        with _quiet_gc(), closing(_validated(chunks(), layout.keys, attr_types, region, workers, stage)) as validated:
+        validated = _validated(chunks(), layout.keys, attr_types, region, workers, stage)
+        with _quiet_gc(), closing(_ahead(validated) if workers else validated) as validated:
             for rows, cleaned in validated:
                 counts = writer.write(rows, cleaned, rejects)
                 result.rows += len(rows)
                 for key, value in counts.items():
                     setattr(result, key, getattr(result, key) + value)
+                position = positions.popleft()
                 if progress is not None:
-                    progress(raw_file.tell(), result)
+                    progress(position, result)
     finally:
         raw_file.close()
         rejects.close()
@@ -392,6 +399,55 @@ def _validated(chunks, keys, attr_types, region, workers, stage=None):
     finally:
         pool.terminate()
         pool.join()
+
+
+def _ahead(items, depth: int = 1):
+    """Yield what the generator `items` yields, running it in a thread up to `depth` items ahead: the
+    file is read and handed to the validation pool while this thread waits on the database. Its
+    exception is raised here, after the items it yielded first; closing this closes `items`."""
+    import queue
+    import threading
+
+    out: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def run():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        out.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+            out_item = (end, None)
+        except BaseException as err:  # noqa: B902 - handed to the consumer
+            out_item = (end, err)
+        finally:
+            items.close()
+        while not stop.is_set():
+            try:
+                out.put(out_item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=run, name="import-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = out.get()
+            if item is end:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _Rejects:

@@ -211,6 +211,46 @@ def parse_amount(value, field: str) -> Decimal:
     return amount.quantize(Decimal("0.01"))
 
 
+# Cleaning is a pure function of a cell for most fields, and a customer file repeats the same
+# first names, cities, salutations, consent texts ... thousands of times: the results of those
+# fields are remembered per value (bounded; a full memo starts again). Addresses, emails and
+# phones are mostly unique and go through the functions every time.
+MEMO_SIZE = 20_000
+_MISS = object()
+_COUNTRIES: dict = {}
+_LANGUAGES: dict = {}
+_DATES: dict = {}
+_TAGS: dict = {}
+_CONSENTS: dict = {}
+_TEXT_MEMO: dict[str, dict] = {key: {} for key in ("salutation", "first_name", "last_name", "gender", "postal_code",
+                                                   "city", "company_name", "sector", "source")}
+
+
+def clear_memos() -> None:
+    for memo in (_COUNTRIES, _LANGUAGES, _DATES, _TAGS, _CONSENTS, *_TEXT_MEMO.values()):
+        memo.clear()
+
+
+def _remember(memo: dict, key, value):
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
+def _text_memo(value, field: str, errors: dict) -> str | None:
+    """_text, remembered for the fields that repeat (only values that pass are remembered)."""
+    memo = _TEXT_MEMO.get(field)
+    if memo is None or value.__class__ is not str:
+        return _text(value, field, errors)
+    cleaned = memo.get(value, _MISS)
+    if cleaned is _MISS:
+        cleaned = _text(value, field, errors)
+        if field not in errors:
+            _remember(memo, value, cleaned)
+    return cleaned
+
+
 def _text(value, field: str, errors: dict) -> str | None:
     if value is None:
         return None
@@ -321,13 +361,15 @@ def clean_contact(raw: dict, *, attribute_types: dict[str, str], region: str, pa
     """
     errors: dict[str, str] = {}
     out: dict = {}
-    nul = {key: "contains a NUL character" for key, value in raw.items() if isinstance(value, str) and "\x00" in value}
-    if nul:
-        # NUL cannot be stored in PostgreSQL text (CSV imports reach here too).
-        raise ValidationError("invalid contact", nul)
-    for key in raw:
-        if key not in ALLOWED_KEYS:
-            errors[key] = "unknown field"
+    for value in raw.values():
+        if isinstance(value, str) and "\x00" in value:
+            # NUL cannot be stored in PostgreSQL text (CSV imports reach here too).
+            raise ValidationError("invalid contact", {key: "contains a NUL character" for key, value in raw.items()
+                                                      if isinstance(value, str) and "\x00" in value})
+    if not ALLOWED_KEYS.issuperset(raw):
+        for key in raw:
+            if key not in ALLOWED_KEYS:
+                errors[key] = "unknown field"
     if "email" in raw:
         if raw["email"] in (None, ""):
             out["email"] = None
@@ -346,7 +388,7 @@ def clean_contact(raw: dict, *, attribute_types: dict[str, str], region: str, pa
                 errors.update(err.fields)
     for key in MAX_LEN:
         if key in raw:
-            out[key] = _text(raw[key], key, errors)
+            out[key] = _text_memo(raw[key], key, errors)
     if out.get("gender"):
         gender = GENDERS.get(out["gender"].lower())
         if gender is None:
@@ -356,7 +398,12 @@ def clean_contact(raw: dict, *, attribute_types: dict[str, str], region: str, pa
         out["postal_code"] = out["postal_code"].upper()
     if "birth_date" in raw and raw["birth_date"] not in (None, ""):
         try:
-            born = parse_date(raw["birth_date"], "birth_date")
+            text = raw["birth_date"]
+            born = _DATES.get(text) if text.__class__ is str else None
+            if born is None:
+                born = parse_date(text, "birth_date")
+                if text.__class__ is str:
+                    _remember(_DATES, text, born)
             if born > date.today() or born.year < 1900:
                 errors["birth_date"] = "must be between 1900-01-01 and today"
             out["birth_date"] = born
@@ -365,17 +412,25 @@ def clean_contact(raw: dict, *, attribute_types: dict[str, str], region: str, pa
     elif "birth_date" in raw:
         out["birth_date"] = None
     if "country" in raw and raw["country"] not in (None, ""):
-        country = str(raw["country"]).strip().upper()
-        if country not in phonenumbers.SUPPORTED_REGIONS:
-            errors["country"] = "an ISO 3166 alpha-2 code such as FR"
+        country = _COUNTRIES.get(raw["country"]) if raw["country"].__class__ is str else None
+        if country is None:
+            country = str(raw["country"]).strip().upper()
+            if country not in phonenumbers.SUPPORTED_REGIONS:
+                errors["country"] = "an ISO 3166 alpha-2 code such as FR"
+            elif raw["country"].__class__ is str:
+                _remember(_COUNTRIES, raw["country"], country)
         out["country"] = country
     elif "country" in raw:
         out["country"] = None
     if "language" in raw and raw["language"] not in (None, ""):
-        language = str(raw["language"]).strip().replace("_", "-")
-        language = language[:2].lower() + language[2:]
-        if not _LANGUAGE.fullmatch(language):
-            errors["language"] = "a language tag such as fr or fr-FR"
+        language = _LANGUAGES.get(raw["language"]) if raw["language"].__class__ is str else None
+        if language is None:
+            language = str(raw["language"]).strip().replace("_", "-")
+            language = language[:2].lower() + language[2:]
+            if not _LANGUAGE.fullmatch(language):
+                errors["language"] = "a language tag such as fr or fr-FR"
+            elif raw["language"].__class__ is str:
+                _remember(_LANGUAGES, raw["language"], language)
         out["language"] = language
     elif "language" in raw:
         out["language"] = None
@@ -402,7 +457,13 @@ def clean_contact(raw: dict, *, attribute_types: dict[str, str], region: str, pa
         out["lifecycle"] = lifecycle
     for key in ("tags", "add_tags", "remove_tags"):
         if key in raw:
-            out[key] = clean_tags(raw[key] if raw[key] is not None else [], errors, key)
+            value = raw[key]
+            tags = _TAGS.get(value) if value.__class__ is str else None
+            if tags is None:
+                tags = clean_tags(value if value is not None else [], errors, key)
+                if value.__class__ is str and not any(k.startswith(key) for k in errors):
+                    _remember(_TAGS, value, tuple(tags))
+            out[key] = list(tags)
     if "attributes" in raw:
         attrs = raw["attributes"] if raw["attributes"] is not None else {}
         if not isinstance(attrs, dict):
@@ -436,10 +497,21 @@ def clean_contact(raw: dict, *, attribute_types: dict[str, str], region: str, pa
                 errors[key] = f"{raw[key]!r} is set by Envoi itself; you may set {', '.join(sorted(allowed))}"
             out[key] = raw[key]
     if "consent" in raw and raw["consent"] is not None:
-        try:
-            out["consent"] = clean_consent(raw["consent"])
-        except ValidationError as err:
-            errors.update(err.fields)
+        given = raw["consent"]
+        # An import's rows share a few consents: remembered by their three strings.
+        key = (given.get("source"), given.get("at"), given.get("text")) \
+            if given.__class__ is dict and len(given) <= 3 and all(v.__class__ is str for v in given.values()) \
+            and given.keys() <= {"source", "at", "text"} else None
+        consent = _CONSENTS.get(key) if key is not None else None
+        if consent is None:
+            try:
+                consent = clean_consent(given)
+                if key is not None:
+                    _remember(_CONSENTS, key, consent)
+            except ValidationError as err:
+                errors.update(err.fields)
+        if consent is not None:
+            out["consent"] = dict(consent)
     if "confirmed" in (out.get("email_status"), out.get("sms_status")) and "consent" not in out \
             and "consent" not in errors and not any(k.startswith("consent.") for k in errors):
         field = "email_status" if out.get("email_status") == "confirmed" else "sms_status"

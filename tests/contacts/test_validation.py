@@ -196,3 +196,65 @@ def test_validity_shortcut_agrees_with_phonenumbers_on_random_digits(cc, nationa
     fast = _valid_national(cc, national)
     if fast is not None:
         assert fast == _library_valid(cc, national)
+
+
+# Remembered results (contacts.validation's memos): a value seen before must give exactly what it
+# gives the first time, errors included, whatever was seen in between.
+_POOLS = {
+    "first_name": ["Léa", "  Léa  ", "Jean\tPierre", "x" * 101, ""],
+    "city": ["Lyon", "lyon", " Saint-Étienne ", "y" * 101],
+    "salutation": ["Mme", "M.", "z" * 21],
+    "gender": ["F", "femme", "robot", " M "],
+    "postal_code": ["69001", "sw1a 1aa", "9" * 21],
+    "country": ["FR", "fr ", "XX", "gb"],
+    "language": ["fr", "FR_be", "french", "en-GB"],
+    "birth_date": ["1980-02-29", "1899-12-31", "2999-01-01", "31/12/1980", "1981-02-29"],
+    "tags": ["vip|b2b", "VIP| b2b |vip", "a|" + "t" * 51, "|"],
+    "consent": [{"source": "salon", "at": "2024-05-01T10:00:00Z", "text": "Oui"},
+                {"source": "salon", "at": "2024-05-01T10:00:00Z"},
+                {"source": " ", "at": "2024-05-01"},
+                {"source": "web", "at": "2999-01-01T00:00:00Z", "text": "Oui"},
+                {"source": "web", "at": "not a time", "text": "Oui"},
+                {"source": "web", "at": "2024-05-01", "extra": "x"}],
+}
+
+
+def _outcome(raw):
+    try:
+        return "ok", clean_contact(raw, attribute_types={}, region="FR")
+    except ValidationError as err:
+        return "error", err.fields
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.fixed_dictionaries({}, optional={key: st.sampled_from(pool) for key, pool in _POOLS.items()}),
+                min_size=1, max_size=30))
+def test_remembered_results_are_the_results(raws):
+    from contacts.validation import clear_memos
+
+    clear_memos()
+    for i, raw in enumerate(raws):
+        raw = {"email": f"p{i}@example.fr", **raw}
+        if "consent" in raw:
+            raw = {**raw, "consent": dict(raw["consent"])}
+        warm = _outcome(raw)
+        clear_memos()
+        assert warm == _outcome(raw), raw
+        _outcome(raw)  # leave it remembered for the next rows
+
+
+def test_remembered_results_are_copies_and_the_memos_are_bounded(monkeypatch):
+    from contacts import validation
+
+    validation.clear_memos()
+    raw = {"email": "a@example.fr", "tags": "vip|b2b", "email_status": "confirmed",
+           "consent": {"source": "salon", "at": "2024-05-01T10:00:00Z", "text": "Oui"}}
+    first = clean_contact(raw, attribute_types={}, region="FR")
+    first["tags"].append("changed")
+    first["consent"]["source"] = "changed"
+    again = clean_contact(raw, attribute_types={}, region="FR")
+    assert again["tags"] == ["b2b", "vip"] and again["consent"]["source"] == "salon"
+    monkeypatch.setattr(validation, "MEMO_SIZE", 50)
+    for i in range(120):
+        clean_contact({"email": "a@example.fr", "city": f"Ville {i}"}, attribute_types={}, region="FR")
+    assert 0 < len(validation._TEXT_MEMO["city"]) <= 50
