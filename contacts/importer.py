@@ -168,6 +168,8 @@ _WORKER: dict = {}
 
 def _init_worker(keys, attr_types, region, stage=None):
     _WORKER.update(keys=keys, attr_types=attr_types, region=region, stage=stage)
+    # Below the writer: on a machine whose cores the database shares, the database's work is the
+    # import's critical path, and the pool validates a few chunks ahead anyway.
     os.nice(10)
     _fewer_collections()  # for the pool process's life
 
