@@ -111,16 +111,23 @@ def cpu_timed(cmd: list[str], env: dict) -> tuple[float, int, str, float]:
     return wall, rss, out, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def import_run(url: str, csv_path: Path, instance: str) -> dict:
+def import_run(url: str, csv_path: Path, instance: str, runs: int = 1) -> dict:
+    """The first import `runs` times, each into a fresh database (the median run is reported, every
+    wall time is listed), then the same file again into the last one."""
     env = flask_env(url, instance)
-    run_timed(flask("db", "upgrade"), env)
     rejects = str(Path(instance) / "rejects.csv")
-    wall, rss, out, cpu = cpu_timed(flask("contacts", "import", str(csv_path), "--rejects", rejects), env)
-    summary = next(line for line in out.splitlines() if " rows: " in line)
+    firsts = []
+    for _ in range(runs):
+        fresh_database(url)
+        run_timed(flask("db", "upgrade"), env)
+        wall, rss, out, cpu = cpu_timed(flask("contacts", "import", str(csv_path), "--rejects", rejects), env)
+        firsts.append({"wall": wall, "rss": rss, "cpu": cpu,
+                       "summary": next(line for line in out.splitlines() if " rows: " in line)})
+    median = sorted(firsts, key=lambda r: r["wall"])[len(firsts) // 2]
     wall2, rss2, out2, cpu2 = cpu_timed(flask("contacts", "import", str(csv_path), "--rejects", rejects), env)
     summary2 = next(line for line in out2.splitlines() if " rows: " in line)
-    return {"wall": wall, "rss": rss, "summary": summary, "cpu": cpu, "wall2": wall2, "rss2": rss2,
-            "summary2": summary2, "cpu2": cpu2}
+    return {**median, "walls": [r["wall"] for r in firsts], "rss_max": max(r["rss"] for r in firsts),
+            "wall2": wall2, "rss2": rss2, "summary2": summary2, "cpu2": cpu2}
 
 
 def copy_baseline(url: str, csv_path: Path) -> float:
@@ -203,6 +210,7 @@ def main(argv=None) -> None:
                         help="rows of the all-phones run (default: rows / 5; 0 skips it)")
     parser.add_argument("--database-url", default=os.environ.get("ENVOI_BENCH_DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--runs", type=int, default=30, help="requests per list-page measurement")
+    parser.add_argument("--import-runs", type=int, default=3, help="first imports, each into a fresh database (median)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     url = args.database_url
@@ -219,9 +227,8 @@ def main(argv=None) -> None:
     print("COPY baseline ...", flush=True)
     fresh_database(url)
     copy_s = copy_baseline(url, csv_path)
-    print(f"importing {args.rows} rows ...", flush=True)
-    fresh_database(url)
-    main_run = import_run(url, csv_path, instance)
+    print(f"importing {args.rows} rows, {args.import_runs} time(s) ...", flush=True)
+    main_run = import_run(url, csv_path, instance, args.import_runs)
 
     phones_run = None
     if all_rows:
@@ -230,7 +237,6 @@ def main(argv=None) -> None:
             generate(phones_path, all_rows, 1.0, seed=7)
         phones_url = url.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1] + "_phones"
         print(f"importing {all_rows} rows, all with a phone ...", flush=True)
-        fresh_database(phones_url)
         phones_run = import_run(phones_url, phones_path, tempfile.mkdtemp(prefix="envoi-bench-"))
         phones_run["rows"] = all_rows
 
@@ -250,7 +256,8 @@ def main(argv=None) -> None:
         "",
         "| run | rows | wall | rows/s | peak RSS | CPU of CLI + pool | summary |",
         "|---|---:|---:|---:|---:|---:|---|",
-        f"| first import into an empty table | {args.rows:,} | {main_run['wall']:.1f} s | **{rate:,.0f}** | "
+        f"| first import into an empty table, median of {len(main_run['walls'])} "
+        f"({', '.join(f'{w:.1f} s' for w in main_run['walls'])}) | {args.rows:,} | {main_run['wall']:.1f} s | **{rate:,.0f}** | "
         f"{main_run['rss'] / 2**20:.0f} MB | {main_run['cpu']:.1f} s ({main_run['cpu'] / args.rows * 1e6:.0f} µs/row) | "
         f"{main_run['summary']} |",
         f"| same file again (idempotent) | {args.rows:,} | {main_run['wall2']:.1f} s | {args.rows / main_run['wall2']:,.0f} | "
@@ -268,8 +275,8 @@ def main(argv=None) -> None:
         "",
         f"Import / COPY ceiling: {rate / copy_rate:.0%} of COPY's rate ({main_run['wall'] / copy_s:.1f}x its time). "
         f"Bar: >= 20,000 rows/s, peak RSS < 300 MB: "
-        f"**{'met' if rate >= 20_000 and main_run['rss'] < 300 * 2**20 else 'NOT met'}** "
-        f"({rate:,.0f} rows/s, {main_run['rss'] / 2**20:.0f} MB; load average at the end "
+        f"**{'met' if rate >= 20_000 and main_run['rss_max'] < 300 * 2**20 else 'NOT met'}** "
+        f"({rate:,.0f} rows/s median, largest peak RSS {main_run['rss_max'] / 2**20:.0f} MB; load average at the end "
         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}).",
         "",
         f"### API list page over {args.rows:,} contacts ({page['lyon']:,} in Lyon)",
