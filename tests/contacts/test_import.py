@@ -2,6 +2,7 @@
 import csv
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from contacts import services
@@ -387,3 +388,31 @@ def test_an_address_erased_while_the_import_runs_is_blocked_in_later_chunks(app,
     result = import_csv(path, chunk_rows=1, progress=erase_after_first_chunk)
     assert (result.created, result.updated, result.rejected) == (1, 0, 1)
     assert rejects(result.rejects_path)[0]["reason"].startswith("email: erased")
+
+
+def test_a_writer_failure_stops_the_reader_thread_and_the_pool(app, ctx, tmp_path, monkeypatch):
+    # With a validation pool the file is read in a thread ahead of the writer: when writing a chunk
+    # fails, the import raises that error, the chunks before it stay written, and neither the
+    # thread nor the pool's processes outlive the import.
+    import multiprocessing
+    import threading
+
+    from contacts import importer
+
+    path = write(tmp_path / "w.csv", "email,city\n" + "".join(f"w{i:04d}@example.fr,Lyon\n" for i in range(1000)))
+    writer = importer._StagedWriter if db.engine.dialect.name == "postgresql" else importer._ChunkWriter
+    real, calls = writer.write, []
+
+    def fail_on_third(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real(self, *args)
+
+    monkeypatch.setattr(writer, "write", fail_on_third)
+    with pytest.raises(RuntimeError, match="disk full"):
+        import_csv(str(path), workers=1, chunk_rows=100)
+    assert len(calls) == 3
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Contact)) == 200
+    assert not [t for t in threading.enumerate() if t.name == "import-reader"]
+    assert not multiprocessing.active_children()
