@@ -118,7 +118,7 @@ m AS (
 ), k AS (
     SELECT m.*, count(*) OVER (PARTITION BY m.cid) AS sharing FROM m
 ), r AS MATERIALIZED (
-    SELECT s.*, k.cid AS found_id,
+    SELECT s.*,
            CASE WHEN (%(python)s AND EXISTS (SELECT 1 FROM suppressions)) OR k.blocked OR k.dup OR k.e_id <> k.p_id
                 THEN 'C'
                 WHEN k.cid IS NULL THEN 'A'

@@ -238,6 +238,31 @@ def _remember(memo: dict, key, value):
     return value
 
 
+def _remembered(memo: dict, value, clean, field: str, errors: dict):
+    """clean(value) -> (cleaned, error or None), remembered in `memo` for string values that pass."""
+    if value.__class__ is str:
+        cleaned = memo.get(value, _MISS)
+        if cleaned is not _MISS:
+            return cleaned
+    cleaned, error = clean(value)
+    if error is not None:
+        errors[field] = error
+    elif value.__class__ is str:
+        _remember(memo, value, cleaned)
+    return cleaned
+
+
+def _clean_country(value):
+    country = str(value).strip().upper()
+    return country, None if country in phonenumbers.SUPPORTED_REGIONS else "an ISO 3166 alpha-2 code such as FR"
+
+
+def _clean_language(value):
+    language = str(value).strip().replace("_", "-")
+    language = language[:2].lower() + language[2:]
+    return language, None if _LANGUAGE.fullmatch(language) else "a language tag such as fr or fr-FR"
+
+
 def _text_memo(value, field: str, errors: dict) -> str | None:
     """_text, remembered for the fields that repeat (only values that pass are remembered)."""
     memo = _TEXT_MEMO.get(field)
@@ -412,26 +437,11 @@ def clean_contact(raw: dict, *, attribute_types: dict[str, str], region: str, pa
     elif "birth_date" in raw:
         out["birth_date"] = None
     if "country" in raw and raw["country"] not in (None, ""):
-        country = _COUNTRIES.get(raw["country"]) if raw["country"].__class__ is str else None
-        if country is None:
-            country = str(raw["country"]).strip().upper()
-            if country not in phonenumbers.SUPPORTED_REGIONS:
-                errors["country"] = "an ISO 3166 alpha-2 code such as FR"
-            elif raw["country"].__class__ is str:
-                _remember(_COUNTRIES, raw["country"], country)
-        out["country"] = country
+        out["country"] = _remembered(_COUNTRIES, raw["country"], _clean_country, "country", errors)
     elif "country" in raw:
         out["country"] = None
     if "language" in raw and raw["language"] not in (None, ""):
-        language = _LANGUAGES.get(raw["language"]) if raw["language"].__class__ is str else None
-        if language is None:
-            language = str(raw["language"]).strip().replace("_", "-")
-            language = language[:2].lower() + language[2:]
-            if not _LANGUAGE.fullmatch(language):
-                errors["language"] = "a language tag such as fr or fr-FR"
-            elif raw["language"].__class__ is str:
-                _remember(_LANGUAGES, raw["language"], language)
-        out["language"] = language
+        out["language"] = _remembered(_LANGUAGES, raw["language"], _clean_language, "language", errors)
     elif "language" in raw:
         out["language"] = None
     if "timezone" in raw and raw["timezone"] not in (None, ""):
